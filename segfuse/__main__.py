@@ -1,0 +1,5 @@
+import sys
+
+from segfuse.cli import main
+
+sys.exit(main())
