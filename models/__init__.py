@@ -1,1 +1,14 @@
-"""segfuse.models"""
+"""segfuse.models: segmentation networks on the segfuse kernels.
+
+``create_model(name, spatial_dims, in_channels, num_classes, deep_supervision=False, **kw)`` builds
+a registered model; ``list_models()`` names them. Every model returns logits at input resolution
+(one tensor) at inference, and in training mode with ``deep_supervision=True`` a list of
+native-resolution logits, coarse -> fine, whose strides are ``model.output_strides``
+(:func:`resize_logits` brings them to the input grid).
+"""
+from .blocks.common import resize_logits
+from .emcad_pvt import EMCADPVT
+from .lgmsnet import LGMSNet
+from .registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model", "resize_logits", "LGMSNet", "EMCADPVT"]

@@ -1,0 +1,85 @@
+"""Single-map Dice + CE losses with the semantics users already trust, over the fused kernels.
+
+* :class:`DiceCELoss`: MONAI ``DiceCELoss`` options (softmax / sigmoid, to_onehot_y, include_background,
+  squared_pred, smooth_nr, smooth_dr, batch, lambda_dice, lambda_ce) for integer label targets.
+* :class:`BCEDiceLoss`: LGMSNet 2D ``0.5 * BCEWithLogits + Dice`` (sigmoid, per-sample plain Dice, 1e-5).
+* :class:`DeepSupervisionDiceCE`: the same Dice + CE on several maps with fixed weights (coarse maps are
+  upsampled to the labels, one fused call).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from segfuse.kernels.multi_logit_loss import multi_logit_dice_ce
+
+
+class DiceCELoss(nn.Module):
+    """MONAI-compatible ``lambda_dice * Dice + lambda_ce * CE`` on one logit map, fused.
+
+    Args (as MONAI's ``DiceCELoss``): include_background (Dice only; CE always uses every class, as
+    MONAI), to_onehot_y (must be True: targets are integer labels ``(B, 1, *spatial)`` or
+    ``(B, *spatial)``; for a single sigmoid channel the labels are used as the 0/1 target, as MONAI
+    does), sigmoid / softmax (exactly one; sigmoid with C == 1 uses BCE-with-logits like MONAI, with
+    C > 1 it uses per-channel BCE where MONAI would use softmax CE), squared_pred, smooth_nr,
+    smooth_dr, batch, lambda_dice, lambda_ce. ``reduction`` is "mean" only.
+
+    Example:
+        >>> loss = DiceCELoss(to_onehot_y=True, softmax=True)(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 1, 16, 16)))
+    """
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = True, sigmoid: bool = False,
+                 softmax: bool = True, squared_pred: bool = False, smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
+                 validate: bool = True):
+        super().__init__()
+        if sigmoid == softmax:
+            raise ValueError(f"exactly one of sigmoid / softmax must be True, got sigmoid={sigmoid}, softmax={softmax}")
+        if not to_onehot_y:
+            raise ValueError("to_onehot_y=False (one-hot / soft targets) is not supported: pass integer labels "
+                             "with to_onehot_y=True")
+        if lambda_dice < 0 or lambda_ce < 0:
+            raise ValueError(f"lambda_dice and lambda_ce must be >= 0, got {lambda_dice}, {lambda_ce}")
+        self.kw = dict(ce_weight=lambda_ce, dice_weight=lambda_dice, sigmoid=sigmoid, squared=squared_pred,
+                       batch=batch, include_background=include_background, smooth_nr=smooth_nr,
+                       smooth_dr=smooth_dr, validate=validate, weight_mode="fixed")
+        self.register_buffer("_one", torch.ones(1), persistent=False)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return multi_logit_dice_ce([input], target, self._one.to(input.device), **self.kw)
+
+
+class BCEDiceLoss(DiceCELoss):
+    """LGMSNet 2D loss: ``0.5 * BCEWithLogits + Dice``, Dice = 1 - mean over samples of
+    ``(2 sum p t + 1e-5) / (sum p + sum t + 1e-5)`` with ``p = sigmoid``. Logits ``(B, 1, H, W)``, labels 0/1."""
+
+    def __init__(self, validate: bool = True):
+        super().__init__(include_background=True, sigmoid=True, softmax=False, squared_pred=False, batch=False,
+                         lambda_dice=1.0, lambda_ce=0.5, validate=validate)
+
+
+class DeepSupervisionDiceCE(nn.Module):
+    """Dice + CE on several logit maps with fixed weights (deep supervision), one fused call.
+
+    Maps coarser than the labels are upsampled to the label size (LoMix / MERIT style); nnU-Net instead
+    downsamples the labels, which is not what this does. ``weights`` default to nnU-Net's
+    ``1/2^i`` (finest first) normalised to sum 1.
+    """
+
+    def __init__(self, num_maps: int, weights: Sequence[float] | None = None, lambda_dice: float = 1.0,
+                 lambda_ce: float = 1.0, **dice_kw):
+        super().__init__()
+        if weights is None:
+            w = torch.tensor([0.5 ** i for i in range(num_maps)])
+            w = w / w.sum()
+        else:
+            w = torch.as_tensor(list(weights), dtype=torch.float32)
+        if w.numel() != num_maps:
+            raise ValueError(f"weights must hold num_maps={num_maps} values, got {w.numel()}")
+        self.register_buffer("weights", w.float(), persistent=False)
+        self.kw = dict(ce_weight=lambda_ce, dice_weight=lambda_dice, weight_mode="fixed", **dice_kw)
+
+    def forward(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return multi_logit_dice_ce(list(logits), target, self.weights.to(logits[0].device), **self.kw)

@@ -1,0 +1,83 @@
+"""From a dataset folder to training items and validation volumes (shared by train and evaluate)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from segfuse.data import NnUNetDataset
+from segfuse.data.preprocess import DEFAULT_CT_WINDOW, normalize, resample
+from segfuse.data.sampling import Volume, holdout_slices, slice_items
+
+VAL_SPLITS = ("auto", "cases", "slices", "none")
+
+
+@dataclasses.dataclass
+class Preprocess:
+    """How raw images become network input (stored in the run config, reused by predict)."""
+    channel_names: Sequence[str]
+    ct_window: Tuple[float, float] = DEFAULT_CT_WINDOW
+    spacing: Optional[Sequence[Optional[float]]] = None     # target spacing (mm) or None
+
+    def __call__(self, image: np.ndarray, label: Optional[np.ndarray], spacing):
+        """image ``[C, X, Y, Z]`` raw -> (normalised, resampled image, label, spacing)."""
+        if self.spacing is not None:
+            image, label, spacing = resample(image, label, spacing, self.spacing)
+        return normalize(image, self.channel_names, self.ct_window), label, tuple(spacing)
+
+
+def load_volumes(ds: NnUNetDataset, case_ids: Sequence[str], pre: Preprocess, split: str = "Tr"
+                 ) -> List[Volume]:
+    vols = []
+    for cid in case_ids:
+        case = ds.load_case(cid, split)
+        img, lab, sp = pre(case.image, case.label, case.spacing)
+        vols.append(Volume(cid, img, lab, sp))
+    return vols
+
+
+def resolve_split(val_split: str, dims: int, num_cases: int, every: int) -> str:
+    if val_split not in VAL_SPLITS:
+        raise ValueError(f"--val-split must be one of {VAL_SPLITS}, got {val_split!r}")
+    if val_split == "auto":
+        if num_cases >= every:
+            return "cases"
+        return "slices" if dims == 2 else "none"
+    if val_split == "slices" and dims != 2:
+        raise ValueError("--val-split slices needs --dims 2")
+    if val_split == "cases" and num_cases < 2:
+        raise ValueError(f"--val-split cases needs at least 2 training cases, the data has {num_cases}")
+    return val_split
+
+
+def val_case_ids(case_ids: Sequence[str], every: int) -> List[str]:
+    """Every ``every``-th case (starting at the middle of the first block) is held out."""
+    held = list(case_ids)[every // 2::every]
+    return held or [list(case_ids)[-1]]
+
+
+def split_data(volumes: List[Volume], dims: int, split: str, every: int):
+    """Returns (train_items, val_volumes).
+
+    train_items: (image, label) pairs — 2D slices ``[C, X, Y]``/``[X, Y]`` for dims 2, volumes for 3.
+    val_volumes: :class:`Volume` list; for the ``slices`` split one volume per case holding its
+    held-out slices (every ``every``-th slice with foreground), its z spacing multiplied by ``every``.
+    """
+    if split == "cases":
+        held = set(val_case_ids([v.case_id for v in volumes], every))
+        train = [v for v in volumes if v.case_id not in held]
+        val = [v for v in volumes if v.case_id in held]
+        items = slice_items(train) if dims == 2 else [(v.image, v.label) for v in train]
+        return items, val
+    if split == "slices":
+        items, val = [], []
+        for v in volumes:
+            tr, va = holdout_slices(v, every)
+            items += slice_items([v], {v.case_id: tr})
+            sp = tuple(v.spacing[:2]) + (v.spacing[2] * every,)
+            val.append(Volume(v.case_id + "_heldout", np.ascontiguousarray(v.image[..., va]),
+                              np.ascontiguousarray(v.label[..., va]), sp))
+        return items, val
+    items = slice_items(volumes) if dims == 2 else [(v.image, v.label) for v in volumes]
+    return items, []

@@ -1,0 +1,56 @@
+"""A plain U-Net in PyTorch (2D/3D): the ``unet`` baseline of ``segfuse train`` and the test model.
+
+``UNet(spatial_dims, in_channels, num_classes, channels=(16, 32, 64))``: ``len(channels)`` levels, two
+3x3(x3) conv + InstanceNorm + LeakyReLU per level, max-pool down, transposed-conv up.
+Input ``[N, C, *S]`` with every S divisible by ``2 ** (levels - 1)``; output logits
+``[N, num_classes, *S]``. With ``deep_supervision=True`` and in training mode, forward returns a list
+of logits coarse -> fine (decoder levels, at their native resolution ``S / 2**k``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def _block(nd, cin, cout):
+    conv = nn.Conv2d if nd == 2 else nn.Conv3d
+    norm = nn.InstanceNorm2d if nd == 2 else nn.InstanceNorm3d
+    return nn.Sequential(conv(cin, cout, 3, padding=1), norm(cout, affine=True), nn.LeakyReLU(0.01, True),
+                         conv(cout, cout, 3, padding=1), norm(cout, affine=True), nn.LeakyReLU(0.01, True))
+
+
+class UNet(nn.Module):
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int,
+                 channels: Sequence[int] = (16, 32, 64), deep_supervision: bool = False):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        nd = self.spatial_dims = spatial_dims
+        conv = nn.Conv2d if nd == 2 else nn.Conv3d
+        up = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
+        self.pool = nn.MaxPool2d(2) if nd == 2 else nn.MaxPool3d(2)
+        self.deep_supervision = deep_supervision
+        ch = list(channels)
+        self.down = nn.ModuleList([_block(nd, cin, cout) for cin, cout in zip([in_channels] + ch[:-1], ch)])
+        self.up = nn.ModuleList([up(ch[i + 1], ch[i], 2, stride=2) for i in reversed(range(len(ch) - 1))])
+        self.dec = nn.ModuleList([_block(nd, 2 * ch[i], ch[i]) for i in reversed(range(len(ch) - 1))])
+        self.heads = nn.ModuleList([conv(ch[i], num_classes, 1) for i in reversed(range(len(ch) - 1))])
+        self.output_strides = [2 ** i for i in reversed(range(len(ch) - 1))]
+        self.divisor = 2 ** (len(ch) - 1)
+
+    def forward(self, x: torch.Tensor):
+        skips = []
+        for i, blk in enumerate(self.down):
+            x = blk(x if i == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        outs = []
+        for up, dec, head in zip(self.up, self.dec, self.heads):
+            x = dec(torch.cat([up(x), skips.pop()], 1))
+            if self.deep_supervision and self.training:
+                outs.append(head(x))
+        if self.deep_supervision and self.training:
+            return outs
+        return self.heads[-1](x)

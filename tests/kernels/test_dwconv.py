@@ -1,0 +1,133 @@
+"""Multi-kernel depthwise conv: Triton kernels (in the interpreter) against the eager reference.
+
+Forward and every gradient (x, each kernel's weight, bias), 2D and 3D, both modes, odd and
+non-power-of-two shapes, batch 1, contiguous and channels-last, fp32 tight and fp16 looser.
+Outputs are NaN-poisoned by conftest, so an element a kernel never writes fails here.
+"""
+import pytest
+import torch
+
+from segfuse.kernels import MultiKernelDWConv, force_backend, multi_kernel_dwconv, multi_kernel_dwconv_reference
+from segfuse.kernels.dwconv import triton as dw_triton
+from segfuse.testing import assert_verbose_allclose
+
+TOL = {torch.float32: (1e-5, 1e-4), torch.float16: (2e-2, 2e-2)}
+
+CASES = [
+    # id, spatial_dims, shape, kernel_sizes, mode, bias, dtype, channels_last
+    ("2d-grouped-3579-odd", 2, (2, 4, 7, 10), (3, 5, 7, 9), "grouped", True, torch.float32, False),
+    ("2d-grouped-multitile", 2, (1, 2, 33, 65), (3, 5), "grouped", True, torch.float32, False),
+    ("2d-summed-57-identity-cl", 2, (2, 2, 9, 11), (5, 7), "summed", False, torch.float32, True),
+    ("2d-grouped-fp16", 2, (1, 4, 8, 9), (3, 5, 7, 9), "grouped", True, torch.float16, False),
+    ("2d-summed-fp16-cl", 2, (1, 3, 6, 13), (3, 5), "summed", True, torch.float16, True),
+    ("3d-grouped-35", 3, (1, 2, 3, 5, 6), (3, 5), "grouped", True, torch.float32, False),
+    ("3d-summed-13-cl", 3, (1, 2, 3, 5, 3), (1, 3), "summed", False, torch.float32, True),
+]
+
+
+def _run(module, x, grad):
+    y = module(x)
+    grads = torch.autograd.grad(y, [x, *module.parameters()], grad)
+    return y, grads
+
+
+@pytest.mark.parametrize("sd,shape,ks,mode,bias,dtype,cl", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_parity_with_reference(sd, shape, ks, mode, bias, dtype, cl):
+    m = MultiKernelDWConv(sd, shape[1], ks, mode=mode, bias=bias).to(dtype)
+    x = torch.randn(shape, dtype=dtype)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last if sd == 2 else torch.channels_last_3d)
+    x.requires_grad_(True)
+    g = torch.randn(shape, dtype=dtype)
+    y, grads = _run(m, x, g)
+    # the oracle is the eager user-level formulation, computed in fp32
+    m32 = MultiKernelDWConv(sd, shape[1], ks, mode=mode, bias=bias)
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    x32 = x.detach().float().requires_grad_(True)
+    with force_backend("reference"):
+        y_ref = multi_kernel_dwconv_reference(x32, list(m32.weights), m32.bias, mode=mode, identity=m32.identity)
+        ref_grads = torch.autograd.grad(y_ref, [x32, *m32.parameters()], g.float())
+    atol, rtol = TOL[dtype]
+    assert y.dtype == dtype and y.shape == x.shape
+    if cl:
+        assert y.stride() == x.stride(), "output keeps the input's memory format"
+    assert_verbose_allclose(y.float(), y_ref, atol, rtol, "y")
+    names = ["grad_x"] + [n for n, _ in m.named_parameters()]
+    for name, a, e in zip(names, grads, ref_grads):
+        scale = max(1.0, e.abs().max().item())  # weight grads sum many terms: compare relative to their size
+        assert_verbose_allclose(a.float(), e, atol * scale, rtol, name)
+
+
+def test_depth_chunks_and_partial_last_chunk(monkeypatch):
+    """3D programs own runs of depth slices; a run that overhangs D must neither write nor read out of range."""
+    monkeypatch.setattr(dw_triton, "MAX_D_PER_PROG", 2)
+    m = MultiKernelDWConv(3, 2, (3,), bias=True)
+    x = torch.randn(1, 2, 5, 4, 3, requires_grad=True)
+    g = torch.randn_like(x)
+    y, grads = _run(m, x, g)
+    with force_backend("reference"):
+        y_ref, ref_grads = _run(m, x, g)
+    assert_verbose_allclose(y, y_ref, 1e-5, 1e-4, "y")
+    for a, e in zip(grads, ref_grads):
+        assert_verbose_allclose(a, e, 1e-4, 1e-4, "grad")
+
+
+def test_weight_gradient_is_deterministic():
+    m = MultiKernelDWConv(2, 2, (3, 5))
+    x = torch.randn(2, 2, 5, 70, requires_grad=True)  # two column tiles x two images: a real two-stage reduction
+    g = torch.randn_like(x)
+    first = _run(m, x, g)[1]
+    second = _run(m, x, g)[1]
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_summed_mode_gives_each_kernel_its_own_gradient():
+    """Merging DW5 + DW7 into one 7x7 pass must still hand DW5 only the centre 5x5 of the gradient."""
+    m = MultiKernelDWConv(2, 3, (5, 7), mode="summed", bias=False)
+    x = torch.randn(1, 3, 8, 9, requires_grad=True)
+    g = torch.randn_like(x)
+    _, (gx, g5, g7) = _run(m, x, g)
+    assert g5.shape == (3, 1, 5, 5) and g7.shape == (3, 1, 7, 7)
+    assert_verbose_allclose(g5, g7[:, :, 1:6, 1:6], 1e-5, 1e-5, "centre of the merged gradient")
+
+
+def test_torch_compile_traces_without_graph_breaks():
+    m = MultiKernelDWConv(2, 4, (3, 5, 7, 9))
+    x = torch.randn(1, 4, 6, 7, requires_grad=True)
+    with force_backend("reference"):
+        compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+        y = compiled(x)
+        y.square().sum().backward()
+        y_eager = multi_kernel_dwconv_reference(x, list(m.weights), m.bias)
+    assert_verbose_allclose(y, y_eager, 1e-5, 1e-5, "compiled y")
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# ----------------------------------------------------------------------------- bad input
+def _w(c, k, d=2, dtype=torch.float32):
+    return torch.randn(c, 1, *([k] * d), dtype=dtype)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: multi_kernel_dwconv(torch.randn(4, 6, 6), [_w(4, 3)]), ValueError, "x must be 4-D"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 4, 6, 6), [_w(2, 3), _w(2, 4)]), ValueError, "odd"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 6, 6, 6), [_w(1, 3)] * 4), ValueError, "not divisible"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 4, 6, 6), [_w(4, 3, dtype=torch.float16)], mode="summed"),
+     TypeError, "dtype"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 4, 6, 6), [_w(4, 3).to("meta")], mode="summed"),
+     ValueError, "device"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 4, 6, 6), [_w(4, 3)], mode="sum"), ValueError, "did you mean"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 4, 6, 6), [_w(4, 3, d=3)], mode="summed"), ValueError, "weights\\[0\\]"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 4, 6, 6), [_w(4, 3)], torch.randn(3), mode="summed"),
+     ValueError, "bias"),
+    (lambda: multi_kernel_dwconv(torch.randn(1, 4, 6, 6).long(), [_w(4, 3)]), TypeError, "x must have dtype"),
+    (lambda: MultiKernelDWConv(4, 8), ValueError, "spatial_dims"),
+    (lambda: MultiKernelDWConv(2, 6, (3, 5, 7, 9)), ValueError, "divisible"),
+    (lambda: MultiKernelDWConv(2, 8, (3, 4)), ValueError, "odd"),
+    (lambda: MultiKernelDWConv(3, 8)(torch.randn(1, 8, 5, 5)), ValueError, "5-D"),
+], ids=["rank", "even-kernel", "groups", "dtype", "device", "mode", "weight-rank", "bias-shape", "int-input",
+        "module-dims", "module-groups", "module-even", "module-rank"])
+def test_bad_input_names_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

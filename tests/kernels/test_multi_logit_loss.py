@@ -1,0 +1,152 @@
+"""Fused multi-logit Dice + CE kernels against the eager reference (loss, per-map losses, every gradient).
+
+Runs the Triton kernels in the interpreter (conftest sets TRITON_INTERPRET=1); shapes are tiny because
+the interpreter pays per op. Each case compares ``force_backend("triton")`` with ``force_backend("reference")``.
+"""
+import pytest
+import torch
+
+from segfuse.kernels import force_backend
+from segfuse.kernels.multi_logit_loss import (attn_rows, concat_rows, multi_logit_dice_ce, num_supervised_maps,
+                                              subsets)
+from segfuse.kernels.multi_logit_loss import triton as mll_triton
+from segfuse.testing import assert_verbose_allclose
+
+LOMIX = dict(ce_weight=0.3, dice_weight=0.7, squared=True, batch=True, include_background=True)
+
+
+def _problem(M, B, C, sizes, target_size, ops, dtype=torch.float32, scale=1.0, label_dtype=torch.int64):
+    maps = [(torch.randn(B, C, *s) * scale).to(dtype).requires_grad_() for s in sizes]
+    y = torch.randint(0, C, (B, *target_size)).to(label_dtype)
+    T = num_supervised_maps(M, ops)
+    params = dict(raw_weights=(torch.randn(T) * 0.5).requires_grad_())
+    if "concat" in ops:
+        params["concat_weight"] = (torch.randn(concat_rows(M), C, C) * 0.3).requires_grad_()
+        params["concat_bias"] = (torch.randn(len(subsets(M)), C) * 0.1).requires_grad_()
+    if "attention" in ops:
+        params["attn_weight"] = (torch.randn(attn_rows(M), C) * 0.5).requires_grad_()
+        params["attn_bias"] = (torch.randn(attn_rows(M)) * 0.1).requires_grad_()
+    return maps, y, params
+
+
+def _run(backend, maps, y, params, ops, **kw):
+    with force_backend(backend):
+        loss, per_map = multi_logit_dice_ce(maps, y, params["raw_weights"], ops=ops, return_per_map=True,
+                                            **{k: v for k, v in params.items() if k != "raw_weights"}, **kw)
+        leaves = list(maps) + list(params.values())
+        grads = torch.autograd.grad(loss, leaves)
+    return loss, per_map, grads
+
+
+def _compare(maps, y, params, ops, atol=1e-5, rtol=1e-4, gatol=None, **kw):
+    ref = _run("reference", maps, y, params, ops, **kw)
+    tri = _run("triton", maps, y, params, ops, **kw)
+    assert_verbose_allclose(tri[0], ref[0], atol=atol, rtol=rtol, name="loss")
+    assert_verbose_allclose(tri[1], ref[1], atol=atol, rtol=rtol, name="per-map losses")
+    names = [f"grad logits[{i}]" for i in range(len(maps))] + [f"grad {k}" for k in params]
+    for name, g_t, g_r in zip(names, tri[2], ref[2]):
+        scale = max(g_r.abs().max().item(), 1e-6)
+        assert_verbose_allclose(g_t.float(), g_r.float(), atol=(gatol or 1e-5) * scale, rtol=rtol, name=name)
+    return tri
+
+
+ALL = ("add", "mul", "concat", "attention")
+
+
+@pytest.mark.parametrize("M,B,C,size,ops,kw", [
+    pytest.param(2, 2, 3, (9, 11), ALL, LOMIX, id="2d-M2-all-ops-lomix"),
+    pytest.param(4, 2, 3, (7, 9), ALL, LOMIX, id="2d-M4-all-ops-lomix"),
+    pytest.param(3, 2, 4, (5, 6, 7), ("concat", "attention"),
+                 dict(ce_weight=1.0, dice_weight=1.0, squared=False, batch=False, include_background=False,
+                      smooth_nr=0.0, smooth_dr=1e-5), id="3d-M3-concat-attn-persample-nobg-plain"),
+    pytest.param(5, 2, 3, (6, 5), ("add",), dict(weight_mode="normalized", batch=False), id="2d-M5-add-normalized"),
+    pytest.param(3, 2, 3, (4, 5, 6), ("mul",), dict(weight_mode="fixed"), id="3d-M3-mul-fixed"),
+])
+def test_parity_with_reference(M, B, C, size, ops, kw):
+    maps, y, params = _problem(M, B, C, [size] * M, size, ops)
+    _compare(maps, y, params, ops, **kw)
+
+
+def test_multi_tile_multi_chunk_and_tails(monkeypatch):
+    """Small BLOCK so each program walks several tiles and the last tile is partial (3D, 2 maps)."""
+    monkeypatch.setattr(mll_triton, "BLOCK_INTERPRETER", 32)
+    maps, y, params = _problem(2, 2, 3, [(5, 6, 7)] * 2, (5, 6, 7), ("add", "attention"))
+    _compare(maps, y, params, ("add", "attention"), **LOMIX)
+
+
+def test_mixed_resolution_upsampling():
+    """Coarse maps (1/4, 1/2) upsampled to the labels, as decoder heads at native resolution."""
+    sizes = [(2, 3), (4, 6), (8, 12)]
+    maps, y, params = _problem(3, 2, 3, sizes, (8, 12), ("add", "concat"), label_dtype=torch.uint8)
+    _compare(maps, y, params, ("add", "concat"), **LOMIX)
+
+
+def test_sigmoid_binary_lgmsnet_style():
+    maps, _, params = _problem(2, 2, 1, [(9, 11)] * 2, (9, 11), ("add", "mul"))
+    y = torch.randint(0, 2, (2, 9, 11))
+    _compare(maps, y, params, ("add", "mul"), sigmoid=True, squared=False, batch=False, ce_weight=0.5,
+             dice_weight=1.0)
+
+
+def test_fp16_logits_fp32_accumulation():
+    maps, y, params = _problem(2, 2, 3, [(9, 11)] * 2, (9, 11), ("add", "attention"), dtype=torch.float16)
+    ref_maps = [m.detach().float().requires_grad_() for m in maps]
+    ref = _run("reference", ref_maps, y, params, ("add", "attention"), **LOMIX)
+    tri = _run("triton", maps, y, params, ("add", "attention"), **LOMIX)
+    assert tri[2][0].dtype == torch.float16
+    assert_verbose_allclose(tri[0], ref[0], atol=1e-5, rtol=1e-5, name="loss")
+    for i in range(2):
+        scale = ref[2][i].abs().max().item()
+        assert_verbose_allclose(tri[2][i].float(), ref[2][i], atol=2e-3 * scale, rtol=1e-2, name=f"grad logits[{i}]")
+
+
+def test_deterministic_bitwise():
+    maps, y, params = _problem(2, 2, 3, [(9, 11)] * 2, (9, 11), ("concat", "attention"))
+    a = _run("triton", maps, y, params, ("concat", "attention"), **LOMIX)
+    b = _run("triton", maps, y, params, ("concat", "attention"), **LOMIX)
+    assert torch.equal(a[0], b[0])
+    for ga, gb in zip(a[2], b[2]):
+        assert torch.equal(ga, gb)
+
+
+def test_stacked_logits_and_b1_target():
+    maps, y, params = _problem(2, 2, 3, [(6, 7)] * 2, (6, 7), ())
+    stacked = torch.stack([m.detach() for m in maps])
+    with force_backend("triton"):
+        a = multi_logit_dice_ce(stacked, y[:, None], params["raw_weights"].detach())
+    with force_backend("reference"):
+        b = multi_logit_dice_ce([m.detach() for m in maps], y, params["raw_weights"].detach())
+    assert_verbose_allclose(a, b, atol=1e-6, rtol=1e-5, name="loss")
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("bad", ["label_high", "label_negative", "nan_logits"])
+def test_bad_values_raise(backend, bad):
+    maps = [torch.randn(2, 3, 6, 7) for _ in range(2)]
+    y = torch.randint(0, 3, (2, 6, 7))
+    if bad == "label_high":
+        y[1, 2, 3] = 3
+        match = "target holds"
+    elif bad == "label_negative":
+        y[0, 0, 0] = -1
+        match = "target holds"
+    else:
+        maps[1][0, 1, 2, 2] = float("nan")
+        match = r"logits\[1\] contains"
+    with force_backend(backend), pytest.raises(ValueError, match=match):
+        multi_logit_dice_ce(maps, y, torch.zeros(2))
+
+
+def test_bad_shapes_raise():
+    y = torch.randint(0, 3, (2, 8, 12))
+    with pytest.raises(ValueError, match=r"logits\[1\] spatial size"):
+        multi_logit_dice_ce([torch.randn(2, 3, 8, 12), torch.randn(2, 3, 3, 5)], y, torch.zeros(2))
+    with pytest.raises(ValueError, match="raw_weights must have shape"):
+        multi_logit_dice_ce([torch.randn(2, 3, 8, 12)] * 3, y, torch.zeros(2), ops=("add",))
+    with pytest.raises(TypeError, match="target must hold integer labels"):
+        multi_logit_dice_ce([torch.randn(2, 3, 8, 12)], y.float(), torch.zeros(1))
+    with pytest.raises(ValueError, match="ops must be one of"):
+        multi_logit_dice_ce([torch.randn(2, 3, 8, 12)] * 2, y, torch.zeros(3), ops=("ad",))
+    with pytest.raises(ValueError, match="concat_weight is required"):
+        multi_logit_dice_ce([torch.randn(2, 3, 8, 12)] * 2, y, torch.zeros(3), ops=("concat",))
