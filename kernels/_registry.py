@@ -38,6 +38,19 @@ def register_kernel(name: str, fn, specs: Callable[[str], list], dtypes=("fp32",
     return fn
 
 
+_DEVICE_FUNCTIONS: set = set()
+
+
+def register_device_function(fn):
+    """Mark a ``@triton.jit`` helper that is only called from registered kernels (built inside them)."""
+    _DEVICE_FUNCTIONS.add(fn)
+    return fn
+
+
+def is_device_function(fn) -> bool:
+    return fn in _DEVICE_FUNCTIONS
+
+
 def all_kernels() -> Dict[str, KernelSpec]:
     import importlib
 

@@ -27,7 +27,8 @@ class DiceCELoss(nn.Module):
     smooth_dr, batch, lambda_dice, lambda_ce. ``reduction`` is "mean" only.
 
     Example:
-        >>> loss = DiceCELoss(to_onehot_y=True, softmax=True)(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 1, 16, 16)))
+        >>> loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        >>> loss = loss_fn(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 1, 16, 16)))
     """
 
     def __init__(self, include_background: bool = True, to_onehot_y: bool = True, sigmoid: bool = False,
@@ -65,11 +66,12 @@ class DeepSupervisionDiceCE(nn.Module):
 
     Maps coarser than the labels are upsampled to the label size (LoMix / MERIT style); nnU-Net instead
     downsamples the labels, which is not what this does. ``weights`` default to nnU-Net's
-    ``1/2^i`` (finest first) normalised to sum 1.
+    ``1/2^i`` (finest first) normalised to sum 1. Dice options default to MONAI's (plain denominators,
+    per sample); other keyword arguments go to :func:`multi_logit_dice_ce`.
     """
 
     def __init__(self, num_maps: int, weights: Sequence[float] | None = None, lambda_dice: float = 1.0,
-                 lambda_ce: float = 1.0, **dice_kw):
+                 lambda_ce: float = 1.0, squared: bool = False, batch: bool = False, **dice_kw):
         super().__init__()
         if weights is None:
             w = torch.tensor([0.5 ** i for i in range(num_maps)])
@@ -79,7 +81,8 @@ class DeepSupervisionDiceCE(nn.Module):
         if w.numel() != num_maps:
             raise ValueError(f"weights must hold num_maps={num_maps} values, got {w.numel()}")
         self.register_buffer("weights", w.float(), persistent=False)
-        self.kw = dict(ce_weight=lambda_ce, dice_weight=lambda_dice, weight_mode="fixed", **dice_kw)
+        self.kw = dict(ce_weight=lambda_ce, dice_weight=lambda_dice, weight_mode="fixed", squared=squared,
+                       batch=batch, **dice_kw)
 
     def forward(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return multi_logit_dice_ce(list(logits), target, self.weights.to(logits[0].device), **self.kw)

@@ -69,52 +69,81 @@ def _add_at(i: tl.constexpr, d, a0, a1, a2, a3, a4):
 
 
 @triton.jit
-def _attn_score(aw_ptr, ab_ptr, row: tl.constexpr, x, cls, C: tl.constexpr):
-    a = tl.load(aw_ptr + row * C + cls, mask=cls < C, other=0.0)
-    return tl.sum(a[:, None] * x, axis=0) + tl.load(ab_ptr + row)
+def _bit(msk, i: tl.constexpr):
+    return ((msk >> i) & 1) != 0
 
 
 @triton.jit
-def _mix(op: tl.constexpr, rm: tl.constexpr, s: tl.constexpr, si: tl.constexpr, rc: tl.constexpr,
-         x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, M: tl.constexpr, C: tl.constexpr):
-    """Mutant map ``op(S)``, S = members of the reversed bit mask ``rm`` (bit M-1-i <-> map i)."""
-    kls = tl.arange(0, x0.shape[0])
+def _bitv(msk, i: tl.constexpr, like):
+    # the member bit broadcast to the shape of the int tensor ``like`` (masks must be built as vectors)
+    return (like * 0 + ((msk >> i) & 1)) != 0
+
+
+@triton.jit
+def _rank(msk, i: tl.constexpr):
+    # position of map i among the members of msk (number of members below i)
+    r = msk * 0
+    for i2 in tl.static_range(i):
+        r += (msk >> i2) & 1
+    return r
+
+
+@triton.jit
+def _load_x(x_ptr, off, row, v, m2):
+    return tl.load(x_ptr + off + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _score(aw_ptr, ab_ptr, msk, i: tl.constexpr, x, cls, C: tl.constexpr):
+    # attention score of member i (-inf for non-members); conv row = s(s-1)/2 - 1 + rank
+    s = _rank(msk, 8)
+    arow = tl.minimum(s * (s - 1) // 2 - 1 + _rank(msk, i), s * (s + 1) // 2 - 2)  # in bounds for non-members
+    a = tl.load(aw_ptr + arow * C + cls, mask=(cls < C) & _bitv(msk, i, cls), other=0.0)
+    sc = tl.sum(a[:, None] * x, axis=0) + tl.load(ab_ptr + arow)
+    return tl.where(_bit(msk, i), sc, float("-inf"))
+
+
+@triton.jit
+def _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls,
+         M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, OPS: tl.constexpr):
+    """Supervised map ``op(S)`` for the member bit mask ``msk`` (bit i <-> base map i).
+
+    op 0 (base map) and 1 (add): sum of members; 2: product; 3: concat + 1x1 conv; 4: attention.
+    ``OPS`` (constexpr bits: 2 mul, 4 concat, 8 attention) compiles out the operators not in use.
+    Returns ``(z, mx, den)``; mx / den are the attention softmax max and normaliser (op 4 only).
+    """
+    kls = tl.arange(0, C_PAD)
     wmask = (cls[:, None] < C) & (kls[None, :] < C)
+    mx = tl.zeros([BLOCK], tl.float32)
+    den = tl.full([BLOCK], 1.0, tl.float32)
     z = tl.zeros(x0.shape, tl.float32)
-    j = 0
-    mx = tl.zeros([x0.shape[1]], tl.float32)
-    den = tl.zeros([x0.shape[1]], tl.float32)
-    for i in tl.static_range(M):
-        if (rm >> (M - 1 - i)) & 1:
-            x = _pick(i, x0, x1, x2, x3, x4)
-            if op == 1:
-                z = z + x
-            elif op == 2:
-                if j == 0:
-                    z = x
-                else:
-                    z = z * x
-            elif op == 3:
-                w = tl.load(cw_ptr + (rc + j) * C * C + cls[:, None] * C + kls[None, :], mask=wmask, other=0.0)
-                z += tl.dot(w, x, input_precision="ieee")
-            else:
-                sc = _attn_score(aw_ptr, ab_ptr, s * (s - 1) // 2 - 1 + j, x, cls, C)
-                if j == 0:
-                    mx = sc
-                    den = tl.full(sc.shape, 1.0, tl.float32)
-                    z = x
-                else:
-                    new = tl.maximum(mx, sc)
-                    r_old = tl.exp(mx - new)
-                    r_new = tl.exp(sc - new)
-                    den = den * r_old + r_new
-                    z = z * r_old[None, :] + r_new[None, :] * x
-                    mx = new
-            j += 1
-    if op == 3:
-        z += tl.load(cb_ptr + si * C + cls, mask=cls < C, other=0.0)[:, None]
-    if op == 4:
-        z = z / den[None, :]
+    if op <= 1:
+        for i in tl.static_range(M):
+            z += tl.where(_bit(msk, i), _pick(i, x0, x1, x2, x3, x4), 0.0)
+    if (OPS & 2) != 0:
+        if op == 2:
+            z = tl.full(x0.shape, 1.0, tl.float32)
+            for i in tl.static_range(M):
+                z = z * tl.where(_bit(msk, i), _pick(i, x0, x1, x2, x3, x4), 1.0)
+    if (OPS & 4) != 0:
+        if op == 3:
+            for i in tl.static_range(M):
+                w = tl.load(cw_ptr + (rc0 + _rank(msk, i)) * C * C + cls[:, None] * C + kls[None, :],
+                            mask=wmask & _bitv(msk, i, cls)[:, None], other=0.0)
+                z += tl.dot(w, _pick(i, x0, x1, x2, x3, x4), input_precision="ieee")
+            z += tl.load(cb_ptr + si * C + cls, mask=cls < C, other=0.0)[:, None]
+    if (OPS & 8) != 0:
+        if op == 4:
+            mx = tl.full([BLOCK], float("-inf"), tl.float32)
+            for i in tl.static_range(M):
+                mx = tl.maximum(mx, _score(aw_ptr, ab_ptr, msk, i, _pick(i, x0, x1, x2, x3, x4), cls, C))
+            den = tl.zeros([BLOCK], tl.float32)
+            for i in tl.static_range(M):
+                x = _pick(i, x0, x1, x2, x3, x4)
+                e = tl.exp(_score(aw_ptr, ab_ptr, msk, i, x, cls, C) - mx)
+                den += e
+                z += e[None, :] * x
+            z = z / den[None, :]
     return z, mx, den
 
 
@@ -140,12 +169,13 @@ def _probs(z, g, cmask, SIGMOID: tl.constexpr):
 
 # ----------------------------------------------------------------------------- pass 1
 @triton.jit
-def _mll_stats_kernel(x_ptr, y_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr,
+def _mll_stats_kernel(x_ptr, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr,
                       off1, off2, off3, off4, S, tiles_per_prog, n_chunks,
                       M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
-                      T_PAD: tl.constexpr, N_OPS: tl.constexpr, OP_SEQ: tl.constexpr,
-                      SIGMOID: tl.constexpr, SQUARED: tl.constexpr, BLOCK: tl.constexpr):
-    # x: map m at x_ptr + off_m, (B, C, S); y: (B, S) integer labels; part: (B*n_chunks, W) fp32
+                      T_PAD: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr,
+                      OPS: tl.constexpr, BLOCK: tl.constexpr):
+    # x: map m at x_ptr + off_m, (B, C, S); y: (B, S) integer labels; desc: (T, 4) int32
+    # [op, member mask, subset index, first concat row]; part: (B*n_chunks, W) fp32
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     prog = b * n_chunks + pid_c
@@ -167,27 +197,32 @@ def _mll_stats_kernel(x_ptr, y_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr,
         m2 = cmask & vmask[None, :]
         y = tl.load(y_ptr + b * S + v, mask=vmask, other=0).to(tl.int32)
         acc_bad += tl.where(midx == M, tl.sum((vmask & ((y < 0) | (y >= N_LBL))).to(tl.float32), axis=0), 0.0)
-        g = ((cls[:, None] + LBL_OFF) == y[None, :]) & m2
-        gf = g.to(tl.float32)
+        gf = (((cls[:, None] + LBL_OFF) == y[None, :]) & m2).to(tl.float32)
         acc_g += tl.sum(gf, axis=1)
-        x0 = tl.load(x_ptr + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+        x0 = _load_x(x_ptr, 0, row, v, m2)
         x1 = x0
         x2 = x0
         x3 = x0
         x4 = x0
         if M > 1:
-            x1 = tl.load(x_ptr + off1 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+            x1 = _load_x(x_ptr, off1, row, v, m2)
         if M > 2:
-            x2 = tl.load(x_ptr + off2 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+            x2 = _load_x(x_ptr, off2, row, v, m2)
         if M > 3:
-            x3 = tl.load(x_ptr + off3 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+            x3 = _load_x(x_ptr, off3, row, v, m2)
         if M > 4:
-            x4 = tl.load(x_ptr + off4 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
-        t = 0
+            x4 = _load_x(x_ptr, off4, row, v, m2)
         for i in tl.static_range(M):
-            z = _pick(i, x0, x1, x2, x3, x4)
-            nbad = tl.sum(tl.sum(((z != z) | (tl.abs(z) == float("inf"))).to(tl.float32), axis=1), axis=0)
+            xi = _pick(i, x0, x1, x2, x3, x4)
+            nbad = tl.sum(tl.sum(((xi != xi) | (tl.abs(xi) == float("inf"))).to(tl.float32), axis=1), axis=0)
             acc_bad += tl.where(midx == i, nbad, 0.0)
+        for t in range(T):
+            op = tl.load(desc_ptr + 4 * t)
+            msk = tl.load(desc_ptr + 4 * t + 1)
+            si = tl.load(desc_ptr + 4 * t + 2)
+            rc0 = tl.load(desc_ptr + 4 * t + 3)
+            z, _mx, _den = _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, M, C,
+                           C_PAD, BLOCK, OPS)
             p, ce = _probs(z, gf, cmask, SIGMOID)
             p = tl.where(m2, p, 0.0)
             acc_i += tl.where(tcol[None, :] == t, tl.sum(p * gf, axis=1)[:, None], 0.0)
@@ -196,30 +231,6 @@ def _mll_stats_kernel(x_ptr, y_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr,
             else:
                 acc_p += tl.where(tcol[None, :] == t, tl.sum(p, axis=1)[:, None], 0.0)
             acc_ce += tl.where(tcol == t, tl.sum(tl.where(vmask, ce, 0.0), axis=0), 0.0)
-            t += 1
-        for k in tl.static_range(N_OPS):
-            op = (OP_SEQ >> (3 * k)) & 7
-            si = 0
-            rc = 0
-            for s in tl.static_range(2, M + 1):
-                for rm in tl.static_range((1 << M) - 1, 0, -1):
-                    cnt = 0
-                    for i in tl.static_range(M):
-                        cnt += (rm >> (M - 1 - i)) & 1
-                    if cnt == s:
-                        z, _mx, _den = _mix(op, rm, s, si, rc, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr,
-                                            cls, M, C)
-                        p, ce = _probs(z, gf, cmask, SIGMOID)
-                        p = tl.where(m2, p, 0.0)
-                        acc_i += tl.where(tcol[None, :] == t, tl.sum(p * gf, axis=1)[:, None], 0.0)
-                        if SQUARED:
-                            acc_p += tl.where(tcol[None, :] == t, tl.sum(p * p, axis=1)[:, None], 0.0)
-                        else:
-                            acc_p += tl.where(tcol[None, :] == t, tl.sum(p, axis=1)[:, None], 0.0)
-                        acc_ce += tl.where(tcol == t, tl.sum(tl.where(vmask, ce, 0.0), axis=0), 0.0)
-                        t += 1
-                        si += 1
-                        rc += s
     W: tl.constexpr = 2 * C * T + C + T + M + 1
     base = part_ptr + prog * W
     ct = cls[:, None] * T + tcol[None, :]
@@ -325,7 +336,7 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, B, n_chunks, n_ce,
 # ----------------------------------------------------------------------------- pass 2
 @triton.jit
 def _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, SIGMOID: tl.constexpr, SQUARED: tl.constexpr):
-    """d loss / d z for one supervised map tile (before the upstream grad)."""
+    """d loss / d z for one supervised map tile."""
     p, _ce = _probs(z, gf, cmask, SIGMOID)
     if SQUARED:
         dp = a_c[:, None] * gf + b_c[:, None] * (2.0 * p)
@@ -339,16 +350,15 @@ def _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, SIGMOID: tl.constexpr, SQUARE
 
 
 @triton.jit
-def _mll_grad_kernel(x_ptr, y_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_ptr, coef_ptr, gout_ptr,
+def _mll_grad_kernel(x_ptr, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_ptr, coef_ptr, gout_ptr,
                      gx_ptr, gw_ptr, pp_ptr,
                      off1, off2, off3, off4, S, tiles_per_prog, n_chunks, B,
                      M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
-                     T_PAD: tl.constexpr, N_OPS: tl.constexpr, OP_SEQ: tl.constexpr,
-                     SIGMOID: tl.constexpr, SQUARED: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                     PARAM_GRAD: tl.constexpr, CONCAT_GRAD: tl.constexpr,
-                     OFF_CB: tl.constexpr, OFF_AW: tl.constexpr, OFF_AB: tl.constexpr, NP: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    # gx: (M, B, C, S) in the logits dtype; gw: (T,) fp32; pp: (B*n_chunks, NP) fp32 zeros
+                     T_PAD: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr, PER_SAMPLE: tl.constexpr,
+                     CONCAT_GRAD: tl.constexpr, OFF_CB: tl.constexpr, OFF_AW: tl.constexpr, OFF_AB: tl.constexpr,
+                     NP: tl.constexpr, OPS: tl.constexpr, BLOCK: tl.constexpr):
+    # gx: (M, B, C, S) in the logits dtype; gw: (T,) fp32; pp: (B*n_chunks, NP) fp32 zeros, one row
+    # per program (its private parameter-gradient slots)
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     prog = b * n_chunks + pid_c
@@ -362,8 +372,10 @@ def _mll_grad_kernel(x_ptr, y_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_ptr, coef
         tcol = tl.arange(0, T_PAD)
         tl.store(gw_ptr + tcol, gout * tl.load(res_ptr + 1 + 3 * T + tcol, mask=tcol < T, other=0.0),
                  mask=tcol < T)
-    cb_idx = b if PER_SAMPLE else 0
-    cbase = coef_ptr + cb_idx * 2 * T * C
+    if PER_SAMPLE:
+        cbase = coef_ptr + b * 2 * T * C
+    else:
+        cbase = coef_ptr
     row = (b * C + cls[:, None]) * S
     pbase = pp_ptr + prog * NP
     gsz = (b * 0 + B * C) * S  # int64
@@ -373,98 +385,83 @@ def _mll_grad_kernel(x_ptr, y_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_ptr, coef
         m2 = cmask & vmask[None, :]
         y = tl.load(y_ptr + b * S + v, mask=vmask, other=0).to(tl.int32)
         gf = (((cls[:, None] + LBL_OFF) == y[None, :]) & m2).to(tl.float32)
-        x0 = tl.load(x_ptr + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+        x0 = _load_x(x_ptr, 0, row, v, m2)
         x1 = x0
         x2 = x0
         x3 = x0
         x4 = x0
         if M > 1:
-            x1 = tl.load(x_ptr + off1 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+            x1 = _load_x(x_ptr, off1, row, v, m2)
         if M > 2:
-            x2 = tl.load(x_ptr + off2 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+            x2 = _load_x(x_ptr, off2, row, v, m2)
         if M > 3:
-            x3 = tl.load(x_ptr + off3 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+            x3 = _load_x(x_ptr, off3, row, v, m2)
         if M > 4:
-            x4 = tl.load(x_ptr + off4 + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
+            x4 = _load_x(x_ptr, off4, row, v, m2)
         g0 = tl.zeros([C_PAD, BLOCK], tl.float32)
         g1 = g0
         g2 = g0
         g3 = g0
         g4 = g0
-        t = 0
-        for i in tl.static_range(M):
-            z = _pick(i, x0, x1, x2, x3, x4)
+        for t in range(T):
+            op = tl.load(desc_ptr + 4 * t)
+            msk = tl.load(desc_ptr + 4 * t + 1)
+            si = tl.load(desc_ptr + 4 * t + 2)
+            rc0 = tl.load(desc_ptr + 4 * t + 3)
+            z, mx, den = _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, M, C,
+                           C_PAD, BLOCK, OPS)
             a_c = tl.load(cbase + t * C + cls, mask=cls < C, other=0.0) * gout
             b_c = tl.load(cbase + T * C + t * C + cls, mask=cls < C, other=0.0) * gout
             ce_scale = tl.load(res_ptr + 1 + 4 * T + t) * gout
             dz = _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, SIGMOID, SQUARED)
-            g0, g1, g2, g3, g4 = _add_at(i, dz, g0, g1, g2, g3, g4)
-            t += 1
-        for k in tl.static_range(N_OPS):
-            op = (OP_SEQ >> (3 * k)) & 7
-            si = 0
-            rc = 0
-            for s in tl.static_range(2, M + 1):
-                for rm in tl.static_range((1 << M) - 1, 0, -1):
-                    cnt = 0
+            if op <= 1:
+                for i in tl.static_range(M):
+                    g0, g1, g2, g3, g4 = _add_at(i, tl.where(_bit(msk, i), dz, 0.0), g0, g1, g2, g3, g4)
+            if (OPS & 2) != 0:
+                if op == 2:
                     for i in tl.static_range(M):
-                        cnt += (rm >> (M - 1 - i)) & 1
-                    if cnt == s:
-                        z, mx, den = _mix(op, rm, s, si, rc, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr,
-                                          cls, M, C)
-                        a_c = tl.load(cbase + t * C + cls, mask=cls < C, other=0.0) * gout
-                        b_c = tl.load(cbase + T * C + t * C + cls, mask=cls < C, other=0.0) * gout
-                        ce_scale = tl.load(res_ptr + 1 + 4 * T + t) * gout
-                        dz = _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, SIGMOID, SQUARED)
-                        if op == 4:
-                            # attention: a_j = softmax_j(score_j); z = sum_j a_j x_j
-                            sda = tl.zeros([BLOCK], tl.float32)
-                            for i in tl.static_range(M):
-                                if (rm >> (M - 1 - i)) & 1:
-                                    x = _pick(i, x0, x1, x2, x3, x4)
-                                    jj = 0
-                                    for i2 in tl.static_range(i):
-                                        jj += (rm >> (M - 1 - i2)) & 1
-                                    sc = _attn_score(aw_ptr, ab_ptr, s * (s - 1) // 2 - 1 + jj, x, cls, C)
-                                    a = tl.exp(sc - mx) / den
-                                    sda += a * tl.sum(dz * x, axis=0)
-                        j = 0
-                        for i in tl.static_range(M):
-                            if (rm >> (M - 1 - i)) & 1:
-                                x = _pick(i, x0, x1, x2, x3, x4)
-                                if op == 1:
-                                    d = dz
-                                elif op == 2:
-                                    d = dz
-                                    for i2 in tl.static_range(M):
-                                        if ((rm >> (M - 1 - i2)) & 1) and (i2 != i):
-                                            d = d * _pick(i2, x0, x1, x2, x3, x4)
-                                elif op == 3:
-                                    w = tl.load(cw_ptr + (rc + j) * C * C + cls[:, None] * C + kls[None, :],
-                                                mask=wmask, other=0.0)
-                                    d = tl.dot(tl.trans(w), dz, input_precision="ieee")
-                                    if CONCAT_GRAD:
-                                        dw = tl.dot(dz, tl.trans(x), input_precision="ieee")
-                                        tl.atomic_add(pbase + (rc + j) * C * C + cls[:, None] * C + kls[None, :],
-                                                      dw, mask=wmask, sem="relaxed")
-                                        if j == 0:
-                                            tl.atomic_add(pbase + OFF_CB + si * C + cls, tl.sum(dz, axis=1),
-                                                          mask=cls < C, sem="relaxed")
-                                else:
-                                    arow = s * (s - 1) // 2 - 1 + j
-                                    sc = _attn_score(aw_ptr, ab_ptr, arow, x, cls, C)
-                                    a = tl.exp(sc - mx) / den
-                                    dsc = a * (tl.sum(dz * x, axis=0) - sda)
-                                    aw = tl.load(aw_ptr + arow * C + cls, mask=cls < C, other=0.0)
-                                    d = a[None, :] * dz + aw[:, None] * dsc[None, :]
-                                    tl.atomic_add(pbase + OFF_AW + arow * C + cls, tl.sum(x * dsc[None, :], axis=1),
-                                                  mask=cls < C, sem="relaxed")
-                                    tl.atomic_add(pbase + OFF_AB + arow, tl.sum(dsc, axis=0), sem="relaxed")
-                                g0, g1, g2, g3, g4 = _add_at(i, d, g0, g1, g2, g3, g4)
-                                j += 1
-                        t += 1
-                        si += 1
-                        rc += s
+                        d = dz
+                        for i2 in tl.static_range(M):
+                            if i2 != i:
+                                d = d * tl.where(_bit(msk, i2), _pick(i2, x0, x1, x2, x3, x4), 1.0)
+                        g0, g1, g2, g3, g4 = _add_at(i, tl.where(_bit(msk, i), d, 0.0), g0, g1, g2, g3, g4)
+            if (OPS & 4) != 0:
+                if op == 3:
+                    for i in tl.static_range(M):
+                        r = rc0 + _rank(msk, i)
+                        wm = wmask & _bitv(msk, i, cls)[:, None]
+                        w = tl.load(cw_ptr + r * C * C + cls[:, None] * C + kls[None, :], mask=wm, other=0.0)
+                        d = tl.dot(tl.trans(w), dz, input_precision="ieee")
+                        g0, g1, g2, g3, g4 = _add_at(i, d, g0, g1, g2, g3, g4)
+                        if CONCAT_GRAD:
+                            dw = tl.dot(dz, tl.trans(_pick(i, x0, x1, x2, x3, x4)), input_precision="ieee")
+                            tl.atomic_add(pbase + r * C * C + cls[:, None] * C + kls[None, :], dw, mask=wm,
+                                          sem="relaxed")
+                    if CONCAT_GRAD:
+                        tl.atomic_add(pbase + OFF_CB + si * C + cls, tl.sum(dz, axis=1), mask=cls < C,
+                                      sem="relaxed")
+            if (OPS & 8) != 0:
+                if op == 4:
+                    # z = sum_i a_i x_i, a = softmax(score); d score_i = a_i (dz.x_i - sum_k a_k dz.x_k)
+                    sda = tl.zeros([BLOCK], tl.float32)
+                    for i in tl.static_range(M):
+                        x = _pick(i, x0, x1, x2, x3, x4)
+                        a = tl.exp(_score(aw_ptr, ab_ptr, msk, i, x, cls, C) - mx) / den
+                        sda += a * tl.sum(dz * x, axis=0)
+                    s = _rank(msk, 8)
+                    for i in tl.static_range(M):
+                        x = _pick(i, x0, x1, x2, x3, x4)
+                        a = tl.exp(_score(aw_ptr, ab_ptr, msk, i, x, cls, C) - mx) / den
+                        dsc = a * (tl.sum(dz * x, axis=0) - sda)
+                        arow = tl.minimum(s * (s - 1) // 2 - 1 + _rank(msk, i), s * (s + 1) // 2 - 2)
+                        am = (cls < C) & _bitv(msk, i, cls)
+                        aw = tl.load(aw_ptr + arow * C + cls, mask=am, other=0.0)
+                        d = a[None, :] * dz + aw[:, None] * dsc[None, :]
+                        g0, g1, g2, g3, g4 = _add_at(i, d, g0, g1, g2, g3, g4)
+                        tl.atomic_add(pbase + OFF_AW + arow * C + cls, tl.sum(x * dsc[None, :], axis=1), mask=am,
+                                      sem="relaxed")
+                        tl.atomic_add(pbase + OFF_AB + arow, tl.where(_bit(msk, i), tl.sum(dsc, axis=0), 0.0),
+                                      sem="relaxed")
         gdt = gx_ptr.dtype.element_ty
         tl.store(gx_ptr + row + v[None, :], g0.to(gdt), mask=m2)
         if M > 1:
@@ -478,11 +475,26 @@ def _mll_grad_kernel(x_ptr, y_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_ptr, coef
 
 
 # ----------------------------------------------------------------------------- launchers
-def _op_seq(ops) -> int:
-    code = 0
-    for k, op in enumerate(ops):
-        code |= _OP_CODE[op] << (3 * k)
-    return code
+_DESC_CACHE: dict = {}
+
+
+def _ops_bits(ops) -> int:
+    """constexpr operator set: 2 mul, 4 concat, 8 attention (add needs no code of its own)."""
+    return sum({"add": 1, "mul": 2, "concat": 4, "attention": 8}[op] for op in ops)
+
+
+def _descriptors(M: int, ops, device) -> torch.Tensor:
+    """``(T, 4)`` int32 rows ``[op, member mask, subset index, first concat row]`` in map order (cached)."""
+    key = (M, tuple(ops), str(device))
+    if key not in _DESC_CACHE:
+        rows = [[0, 1 << i, 0, 0] for i in range(M)]
+        for op in ops:
+            rc = 0
+            for si, sub in enumerate(subsets(M)):
+                rows.append([_OP_CODE[op], sum(1 << i for i in sub), si, rc])
+                rc += len(sub)
+        _DESC_CACHE[key] = torch.tensor(rows, dtype=torch.int32, device=device)
+    return _DESC_CACHE[key]
 
 
 def _cpad(C: int, ops) -> int:
@@ -548,11 +560,11 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, 
     d = _dummy(dev) if cw is None or aw is None else None
     offs = _offsets(maps)
     _mll_stats_kernel[(n_chunks, B)](
-        x0, target, cw if cw is not None else d, cb if cb is not None else d,
+        x0, target, _descriptors(M, ops, dev), cw if cw is not None else d, cb if cb is not None else d,
         aw if aw is not None else d, ab if ab is not None else d, part,
         offs[0], offs[1], offs[2], offs[3], S, tpp, n_chunks,
-        M=M, C=C, C_PAD=C_PAD, T=T, T_PAD=T_PAD, N_OPS=len(ops), OP_SEQ=_op_seq(ops),
-        SIGMOID=sigmoid, SQUARED=squared, BLOCK=_block(dev), num_warps=4)
+        M=M, C=C, C_PAD=C_PAD, T=T, T_PAD=T_PAD, SIGMOID=sigmoid, SQUARED=squared, OPS=_ops_bits(ops),
+        BLOCK=_block(dev), num_warps=4)
     res = torch.empty(1 + 5 * T + M + 1, dtype=torch.float32, device=dev)
     coef = torch.empty(B if not batch else 1, 2, T, C, dtype=torch.float32, device=dev)
     n_ce = float(B * S * (C if sigmoid else 1))
@@ -584,12 +596,12 @@ def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, 
     d = _dummy(dev) if cw is None or aw is None else None
     offs = _offsets(maps)
     _mll_grad_kernel[(n_chunks, B)](
-        x0, target, cw if cw is not None else d, cb if cb is not None else d,
+        x0, target, _descriptors(M, ops, dev), cw if cw is not None else d, cb if cb is not None else d,
         aw if aw is not None else d, ab if ab is not None else d, res, coef, grad_out, gx, gw, pp,
         offs[0], offs[1], offs[2], offs[3], S, tpp, n_chunks, B,
-        M=M, C=C, C_PAD=C_PAD, T=T, T_PAD=T_PAD, N_OPS=len(ops), OP_SEQ=_op_seq(ops),
-        SIGMOID=sigmoid, SQUARED=squared, PER_SAMPLE=not batch, PARAM_GRAD=param_grad,
-        CONCAT_GRAD=concat_grad, OFF_CB=off_cb, OFF_AW=off_aw, OFF_AB=off_ab, NP=NP, BLOCK=_block(dev), num_warps=4)
+        M=M, C=C, C_PAD=C_PAD, T=T, T_PAD=T_PAD, SIGMOID=sigmoid, SQUARED=squared, PER_SAMPLE=not batch,
+        CONCAT_GRAD=concat_grad and "concat" in ops, OFF_CB=off_cb, OFF_AW=off_aw, OFF_AB=off_ab, NP=NP,
+        OPS=_ops_bits(ops), BLOCK=_block(dev), num_warps=4)
     gp = pp.sum(0) if param_grad else torch.zeros(NP, dtype=torch.float32, device=dev)
     return gx, gw, gp
 
@@ -598,7 +610,7 @@ def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, 
 def _lomix_specs(dtype: str):
     """One LoMix spec (4 maps, 9 classes, all four operators) and a 2-map binary sigmoid spec."""
     out = []
-    for M, C, ops, sig in ((4, 9, OPS, False), (2, 1, (), True)):
+    for M, C, ops, sig in ((4, 9, OPS, False), (2, 1, ("add", "mul"), True)):
         T = M + len(ops) * len(subsets(M))
         out.append((M, C, ops, sig, T))
     return out
@@ -607,13 +619,13 @@ def _lomix_specs(dtype: str):
 def _stats_specs(dtype: str):
     specs = []
     for M, C, ops, sig, T in _lomix_specs(dtype):
-        sig_args = {"x_ptr": f"*{dtype}", "y_ptr": "*i64", "cw_ptr": "*fp32", "cb_ptr": "*fp32",
+        sig_args = {"x_ptr": f"*{dtype}", "y_ptr": "*i64", "desc_ptr": "*i32", "cw_ptr": "*fp32", "cb_ptr": "*fp32",
                     "aw_ptr": "*fp32", "ab_ptr": "*fp32", "part_ptr": "*fp32", "off1": "i64", "off2": "i64",
                     "off3": "i64", "off4": "i64", "S": "i32", "tiles_per_prog": "i32", "n_chunks": "i32"}
         specs.append({"signature": sig_args,
                       "constexprs": {"M": M, "C": C, "C_PAD": _cpad(C, ops), "T": T,
-                                     "T_PAD": max(triton.next_power_of_2(T), 2), "N_OPS": len(ops),
-                                     "OP_SEQ": _op_seq(ops), "SIGMOID": sig, "SQUARED": not sig, "BLOCK": BLOCK},
+                                     "T_PAD": max(triton.next_power_of_2(T), 2), "SIGMOID": sig,
+                                     "SQUARED": not sig, "OPS": _ops_bits(ops), "BLOCK": BLOCK},
                       "num_warps": 4})
     return specs
 
@@ -635,7 +647,7 @@ def _grad_specs(dtype: str):
     specs = []
     for M, C, ops, sig, T in _lomix_specs(dtype):
         off_cb, off_aw, off_ab, NP = _param_layout(M, C)
-        sig_args = {"x_ptr": f"*{dtype}", "y_ptr": "*i64", "cw_ptr": "*fp32", "cb_ptr": "*fp32",
+        sig_args = {"x_ptr": f"*{dtype}", "y_ptr": "*i64", "desc_ptr": "*i32", "cw_ptr": "*fp32", "cb_ptr": "*fp32",
                     "aw_ptr": "*fp32", "ab_ptr": "*fp32", "res_ptr": "*fp32", "coef_ptr": "*fp32",
                     "gout_ptr": "*fp32", "gx_ptr": f"*{dtype}", "gw_ptr": "*fp32", "pp_ptr": "*fp32",
                     "off1": "i64", "off2": "i64", "off3": "i64", "off4": "i64", "S": "i32",
@@ -643,11 +655,10 @@ def _grad_specs(dtype: str):
         has_p = bool(ops)
         specs.append({"signature": sig_args,
                       "constexprs": {"M": M, "C": C, "C_PAD": _cpad(C, ops), "T": T,
-                                     "T_PAD": max(triton.next_power_of_2(T), 2), "N_OPS": len(ops),
-                                     "OP_SEQ": _op_seq(ops), "SIGMOID": sig, "SQUARED": not sig,
-                                     "PER_SAMPLE": sig, "PARAM_GRAD": has_p, "CONCAT_GRAD": has_p,
+                                     "T_PAD": max(triton.next_power_of_2(T), 2), "SIGMOID": sig,
+                                     "SQUARED": not sig, "PER_SAMPLE": sig, "CONCAT_GRAD": has_p,
                                      "OFF_CB": off_cb, "OFF_AW": off_aw, "OFF_AB": off_ab, "NP": NP,
-                                     "BLOCK": BLOCK},
+                                     "OPS": _ops_bits(ops), "BLOCK": BLOCK},
                       "num_warps": 4})
     return specs
 

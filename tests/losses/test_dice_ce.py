@@ -1,0 +1,91 @@
+"""Single-map Dice + CE against MONAI's DiceCELoss (loss and gradient) and the LGMSNet BCE + Dice."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segfuse.kernels import force_backend
+from segfuse.losses import BCEDiceLoss, DeepSupervisionDiceCE, DiceCELoss
+from segfuse.testing import assert_verbose_allclose
+
+monai_losses = pytest.importorskip("monai.losses", reason="MONAI parity tests need `pip install monai`")
+
+CONFIGS = [
+    dict(),
+    dict(include_background=False, squared_pred=True, batch=True),
+    dict(smooth_nr=0.0, smooth_dr=1e-6, lambda_dice=0.7, lambda_ce=0.3),
+    dict(include_background=False, batch=False, squared_pred=False, smooth_nr=1.0, smooth_dr=1.0),
+]
+
+
+def _grad_pair(ours, theirs, x, y_ours, y_theirs):
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    la = ours(xa, y_ours)
+    la.backward()
+    lb = theirs(xb, y_theirs)
+    lb.backward()
+    return la, lb, xa.grad, xb.grad
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("shape", [(2, 4, 9, 11), (2, 3, 4, 5, 6)], ids=["2d", "3d"])
+def test_matches_monai_softmax(cfg, shape, backend):
+    x = torch.randn(*shape) * 2
+    y = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]))
+    ours = DiceCELoss(to_onehot_y=True, softmax=True, **cfg)
+    theirs = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True, **cfg)
+    with force_backend(backend):
+        la, lb, ga, gb = _grad_pair(ours, theirs, x, y, y)
+    assert_verbose_allclose(la, lb, atol=1e-6, rtol=1e-5, name="loss")
+    assert_verbose_allclose(ga, gb, atol=1e-6 * gb.abs().max().item(), rtol=1e-4, name="grad")
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(batch=True, squared_pred=True)], ids=["default", "batch-squared"])
+def test_matches_monai_sigmoid_single_channel(cfg):
+    x = torch.randn(2, 1, 9, 11) * 2
+    y = torch.randint(0, 2, (2, 1, 9, 11))
+    ours = DiceCELoss(sigmoid=True, softmax=False, **cfg)
+    theirs = monai_losses.DiceCELoss(sigmoid=True, **cfg)
+    with force_backend("triton"):
+        la, lb, ga, gb = _grad_pair(ours, theirs, x, y, y.float())
+    assert_verbose_allclose(la, lb, atol=1e-6, rtol=1e-5, name="loss")
+    assert_verbose_allclose(ga, gb, atol=1e-6 * gb.abs().max().item(), rtol=1e-4, name="grad")
+
+
+def test_bce_dice_lgmsnet():
+    x = torch.randn(3, 1, 9, 11)
+    y = torch.randint(0, 2, (3, 1, 9, 11))
+
+    def lgmsnet(inp, tgt):  # the released BCEDiceLoss, written out
+        bce = F.binary_cross_entropy_with_logits(inp, tgt.float())
+        p = torch.sigmoid(inp).view(inp.shape[0], -1)
+        t = tgt.float().view(inp.shape[0], -1)
+        dice = (2.0 * (p * t).sum(1) + 1e-5) / (p.sum(1) + t.sum(1) + 1e-5)
+        return 0.5 * bce + (1 - dice.mean())
+
+    with force_backend("triton"):
+        la, lb, ga, gb = _grad_pair(BCEDiceLoss(), lgmsnet, x, y, y)
+    assert_verbose_allclose(la, lb, atol=1e-6, rtol=1e-5, name="loss")
+    assert_verbose_allclose(ga, gb, atol=1e-6 * gb.abs().max().item(), rtol=1e-4, name="grad")
+
+
+def test_deep_supervision_fixed_weights():
+    maps = [torch.randn(2, 3, 8, 12), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 2, 3)]
+    y = torch.randint(0, 3, (2, 8, 12))
+    ds = DeepSupervisionDiceCE(3, include_background=False)
+    with force_backend("triton"):
+        got = ds(maps, y)
+    single = DiceCELoss(include_background=False)
+    up = [F.interpolate(m, size=(8, 12), mode="bilinear", align_corners=False) for m in maps]
+    w = torch.tensor([4.0, 2.0, 1.0]) / 7.0
+    with force_backend("reference"):
+        want = sum(wi * single(m, y) for wi, m in zip(w, up))
+    assert_verbose_allclose(got, want, atol=1e-6, rtol=1e-5, name="loss")
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="exactly one of sigmoid / softmax"):
+        DiceCELoss(sigmoid=True, softmax=True)
+    with pytest.raises(ValueError, match="to_onehot_y=False"):
+        DiceCELoss(to_onehot_y=False)
