@@ -37,11 +37,13 @@ class BenchCase:
     """A named problem family: ``build(scale, device, dtype) -> Problem``.
 
     ``interp_scale`` is the scale the CPU interpreter measures at (small enough to finish in a minute).
+    ``slow_in_interpreter`` cases run on the CPU only when asked for by name (``--cases``).
     """
     name: str
     paper_size: str
     build: Callable[..., Problem]
     interp_scale: float = 1.0
+    slow_in_interpreter: bool = False
 
 
 _CASES: Dict[str, BenchCase] = {}
@@ -55,7 +57,7 @@ def register_case(case: BenchCase) -> BenchCase:
 
 
 # modules that define cases (each calls register_case at import)
-CASE_MODULES: List[str] = ["segfuse.bench.cases_dwconv"]
+CASE_MODULES: List[str] = ["segfuse.bench.cases_dwconv", "segfuse.bench.cases_loss"]
 
 
 def all_cases() -> Dict[str, BenchCase]:

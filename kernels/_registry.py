@@ -11,7 +11,7 @@ import dataclasses
 from typing import Callable, Dict, List
 
 # modules that define Triton kernels; the compile test imports each of them
-OP_MODULES: List[str] = ["segfuse.kernels.dwconv.triton"]
+OP_MODULES: List[str] = ["segfuse.kernels.dwconv.triton", "segfuse.kernels.multi_logit_loss.triton"]
 
 
 @dataclasses.dataclass

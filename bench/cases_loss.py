@@ -1,0 +1,82 @@
+"""Bench cases of the fused multi-logit Dice + CE loss (LoMix, 48 supervised maps).
+
+Paper size: Synapse LoMix training step, B=16, K=9 classes, 224x224 labels, 4 decoder logit maps.
+
+* "full res": the 4 maps already at 224x224 (as the released network returns them).
+* "native res": the maps at the decoder heads' own resolution (1/32, 1/16, 1/8, 1/4); the fused path
+  upsamples them with ``F.interpolate`` before the kernels (eager, so its traffic shows), the eager
+  path does the same and then builds the 44 mutants with tensor ops.
+
+Minimum traffic (definition used for both rows): forward = read every map and the labels once;
+backward = write every map's gradient once. The fused path needs a second read of maps and labels in
+pass 2 (the Dice gradient needs the global sums first), so its floor is (2 R + W) / (R + W) = 1.5x of
+this minimum at full resolution. Labels are uint8.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .cases import BenchCase, Problem, register_case
+
+_B, _K, _HW, _M = 16, 9, 224, 4
+_NATIVE = (32, 16, 8, 4)  # decoder head strides, coarse -> fine
+
+
+def _size(scale: float):
+    """(B, side) with B * side^2 ~ scale * 16 * 224^2 (B shrinks first, then the side)."""
+    if scale >= 1.0:
+        return _B, _HW
+    b = max(1, int(round(_B * scale)))
+    side = int(round(_HW * math.sqrt(scale * _B / b)))
+    side = max(32, side - side % 32)  # the native row needs side divisible by 32
+    return b, side
+
+
+def _build(scale: float, device, dtype, native: bool) -> Problem:
+    from segfuse.kernels import force_backend
+    from segfuse.losses import LoMixLoss
+
+    B, side = _size(scale)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    sides = [side // s for s in _NATIVE] if native else [side] * _M
+    maps = [torch.randn(B, _K, s, s, generator=g).to(device=device, dtype=dtype).requires_grad_() for s in sides]
+    y = torch.randint(0, _K, (B, side, side), generator=g).to(device=device, dtype=torch.uint8)
+    loss_fn = LoMixLoss(_M, _K, 2).to(device)
+
+    def fused_fwd():
+        return loss_fn(maps, y)
+
+    def eager_fwd():
+        with force_backend("reference"):
+            return loss_fn(maps, y)
+
+    def bwd(out):
+        out.backward()
+
+    def eager_bwd(out):
+        with force_backend("reference"):
+            out.backward()
+
+    esz = torch.empty((), dtype=dtype).element_size()
+    logit_bytes = sum(B * _K * s * s for s in sides) * esz
+    label_bytes = B * side * side
+    full = _B * _HW * _HW
+    return Problem(
+        fused_fwd=fused_fwd, fused_bwd=bwd, eager_fwd=eager_fwd, eager_bwd=eager_bwd,
+        min_bytes_fwd=logit_bytes + label_bytes, min_bytes_bwd=logit_bytes,
+        scale_to_full=full / (B * side * side), size=f"B={B} K={_K} {side}x{side}, maps {sides}",
+        notes=("min fwd = read maps + uint8 labels once; min bwd = write the map gradients once. Fused: "
+               "pass 1 + finalize (fwd), pass 2 + one partial-sum reduction (bwd); pass 2 re-reads maps "
+               "and labels, so 1.5x of this minimum is the two-pass floor"
+               + ("; coarse maps are upsampled by F.interpolate before the kernels (eager)" if native else "")))
+
+
+register_case(BenchCase(name="lomix loss 2D (4 maps, full res)", paper_size="B=16 K=9 224x224, 48 maps",
+                        build=lambda scale, device, dtype: _build(scale, device, dtype, native=False),
+                        interp_scale=1 / 256))
+register_case(BenchCase(name="lomix loss 2D (4 maps, native res)",
+                        paper_size="B=16 K=9 224x224 labels, maps 7..56, 48 maps",
+                        build=lambda scale, device, dtype: _build(scale, device, dtype, native=True),
+                        interp_scale=1 / 256))
