@@ -30,6 +30,7 @@ class Problem:
     scale_to_full: float = 1.0
     size: str = ""
     notes: str = ""
+    has_floor: bool = True  # False where min_bytes is no analytic floor (whole networks)
 
 
 @dataclasses.dataclass
@@ -57,7 +58,7 @@ def register_case(case: BenchCase) -> BenchCase:
 
 
 # modules that define cases (each calls register_case at import)
-CASE_MODULES: List[str] = ["segfuse.bench.cases_dwconv", "segfuse.bench.cases_loss"]
+CASE_MODULES: List[str] = ["segfuse.bench.cases_dwconv", "segfuse.bench.cases_loss", "segfuse.bench.cases_models"]
 
 
 def all_cases() -> Dict[str, BenchCase]:

@@ -38,7 +38,7 @@ def measure_traffic(case: BenchCase, dtype=torch.float32) -> list:
                          min_bytes=mn * s, triton_total=k.total * s, triton_per_program=k.per_program * s,
                          triton_distinct=k.distinct * s, glue_bytes=g.bytes * s, triton_launches=k.launches,
                          glue_launches=g.launches, eager_bytes=e.bytes * s, eager_launches=e.launches,
-                         scale=s, notes=p.notes))
+                         scale=s, notes=p.notes, has_floor=p.has_floor))
     both = {key: rows[0][key] + rows[1][key] for key in
             ("min_bytes", "triton_total", "triton_per_program", "triton_distinct", "glue_bytes", "triton_launches",
              "glue_launches", "eager_bytes", "eager_launches")}

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfuse.kernels._checks import check_spatial_dims
+from segfuse.kernels._checks import check_spatial_dims, look_up_option
 
-from .blocks.common import check_input, crop_to, pad_to_multiple, strided_size
+from .blocks.common import PAD_MODES, check_input, crop_to, pad_to_multiple, strided_size
 from .blocks.emcad import EMCADDecoder
 from .registry import register_model
 
@@ -20,11 +20,9 @@ def build_timm_encoder(name: str = "pvt_v2_b2", weights_path: Optional[str] = No
     """``timm.create_model(name, features_only=True)`` with random weights, or weights read from a local
     file (an original whai362 ``pvt_v2_b2.pth`` or a timm state dict; timm remaps the keys). Never
     downloads anything."""
-    try:
-        import timm
-    except Exception as e:  # torchvision built for another torch raises RuntimeError, not ImportError
-        raise ImportError(f"building the {name!r} encoder needs timm (and a torchvision matching torch) to "
-                          f"import; it failed with {type(e).__name__}: {e}") from e
+    from segfuse._compat import import_timm
+
+    timm = import_timm()
     if weights_path is None:
         return timm.create_model(name, features_only=True, pretrained=False, drop_path_rate=drop_path_rate)
     path = os.fspath(weights_path)
@@ -84,10 +82,13 @@ class EMCADPVT(nn.Module):
                 raise ValueError(f"EMCADPVT: {name} must be a positive int, got {v!r}")
         self.spatial_dims, self.in_channels, self.num_classes = 2, in_channels, num_classes
         self.deep_supervision = bool(deep_supervision)
-        self.pad_mode = pad_mode
+        self.pad_mode = look_up_option("pad_mode", pad_mode, PAD_MODES)
         self.adapter = (nn.Sequential(nn.Conv2d(in_channels, 3, 1), nn.BatchNorm2d(3), nn.ReLU())
                         if in_channels != 3 else nn.Identity())
         if encoder_module is not None:
+            if weights_path is not None:
+                raise ValueError("EMCADPVT: weights_path is for the timm encoder; load encoder_module's "
+                                 "weights yourself")
             if encoder_channels is None or len(encoder_channels) != 4:
                 raise ValueError("EMCADPVT: encoder_module needs encoder_channels, 4 widths shallowest first")
             self.encoder = encoder_module

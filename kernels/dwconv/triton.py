@@ -163,6 +163,38 @@ def _dwconv_bwd_kernel(
         tl.store(p_base + KD * K * K, tl.sum(tl.sum(acc, axis=1), axis=0))
 
 
+@triton.jit
+def _dwconv_wgrad_reduce_kernel(
+    part_ptr, gw_ptr, gb_ptr,
+    n_rows, part_row, c_off, w_row,
+    K: tl.constexpr, KD: tl.constexpr, KMAX: tl.constexpr, W_OFF: tl.constexpr, WD_OFF: tl.constexpr,
+    ROW: tl.constexpr, ROW_P2: tl.constexpr, BLOCK_R: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """Stage 2 of the weight-gradient reduction: one program per channel sums its partial rows in a
+    fixed order and writes the whole packed ``K_max^d`` weight-gradient row (zeros outside the
+    group's window) and the bias gradient, in the output dtypes."""
+    c_loc = tl.program_id(0)
+    c = c_off + c_loc
+    j = tl.arange(0, ROW_P2)[None, :]  # destination index in the packed K_max^d row
+    jd = j // (KMAX * KMAX)
+    jh = (j // KMAX) % KMAX
+    jw = j % KMAX
+    inside = (j < ROW) & (jd >= WD_OFF) & (jd < WD_OFF + KD) & (jh >= W_OFF) & (jh < W_OFF + K) \
+        & (jw >= W_OFF) & (jw < W_OFF + K)
+    src = ((jd - WD_OFF) * K + (jh - W_OFF)) * K + (jw - W_OFF)  # tap index in this group's partials
+    base = part_ptr + c_loc.to(tl.int64) * n_rows * part_row
+    acc = tl.zeros([BLOCK_R, ROW_P2], dtype=tl.float32)
+    bacc = tl.zeros([BLOCK_R, 1], dtype=tl.float32)
+    for r0 in range(0, n_rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)[:, None]
+        acc += tl.load(base + r * part_row + src, mask=(r < n_rows) & inside, other=0.0)
+        if HAS_BIAS:
+            bacc += tl.load(base + r * part_row + KD * K * K, mask=r < n_rows, other=0.0)
+    tl.store(gw_ptr + c * w_row + j, tl.sum(acc, axis=0)[None, :].to(gw_ptr.dtype.element_ty), mask=j < ROW)
+    b = tl.sum(bacc, axis=0)  # [1]
+    tl.store(gb_ptr + c + tl.arange(0, 1), b.to(gb_ptr.dtype.element_ty))
+
+
 # ----------------------------------------------------------------------------- launchers
 def _geometry(x: torch.Tensor):
     """(N, C, D, H, W) and 5 strides of ``x``; 2D inputs get D = 1 and a zero depth stride."""
@@ -222,7 +254,9 @@ def dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 def dwconv_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                group_kernel_sizes: Sequence[int], has_bias: bool):
-    """``(grad_x, grad_weight[C, K^d], grad_bias[C])``; grad_weight is 0 outside each group's window."""
+    """``(grad_x, grad_weight[C, K^d], grad_bias[C])``; grad_weight is 0 outside each group's window,
+    grad_bias is 0 when ``has_bias`` is False. Two launches per kernel group: the fused backward and the
+    fixed-order stage-2 reduction of its per-program partials."""
     d, C, G, K = _check_launch(x, weight, None, group_kernel_sizes)
     if grad_y.shape != x.shape or grad_y.dtype != x.dtype or grad_y.device != x.device:
         raise ValueError(f"grad_y must match x (shape {tuple(x.shape)}, dtype {x.dtype}), got "
@@ -233,25 +267,25 @@ def dwconv_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     _, sd = _geometry(gx)
     bh, bw, warps, dpp, nth, ntw, ndc = _tiling(d, D, H, W)
     cg = C // G
-    gw = torch.zeros(C, *([K] * d), dtype=torch.float32, device=x.device)
-    gb = torch.zeros(C, dtype=torch.float32, device=x.device)
+    gw = torch.empty_like(weight)  # every element written by the stage-2 kernel
+    gb = torch.empty(C, dtype=x.dtype, device=x.device)
     n_rows = N * nth * ntw * ndc
+    row = weight.shape[1]
+    row_p2 = triton.next_power_of_2(row)
     for g, k in enumerate(group_kernel_sizes):
         taps = k ** d
         part = torch.empty(cg, n_rows, taps + 1, dtype=torch.float32, device=x.device)
-        if not has_bias:
-            part[:, :, taps] = 0.0
+        consts = dict(K=k, KD=k if d == 3 else 1, KMAX=K, W_OFF=(K - k) // 2,
+                      WD_OFF=(K - k) // 2 if d == 3 else 0, HAS_BIAS=has_bias)
         _dwconv_bwd_kernel[(N * cg, nth * ntw, ndc)](
             grad_y, x, weight, gx, part,
             N, cg, g * cg, D, H, W, *sg, *sx, *sd,
-            weight.shape[1], ntw, nth * ntw, ndc, dpp, taps + 1,
-            K=k, KD=k if d == 3 else 1, KMAX=K, W_OFF=(K - k) // 2, WD_OFF=(K - k) // 2 if d == 3 else 0,
-            HAS_BIAS=has_bias, BLOCK_H=bh, BLOCK_W=bw, num_warps=warps)
-        sums = part.sum(dim=1)  # stage 2: fixed-order reduction over programs
-        lo = (K - k) // 2
-        gw[(slice(g * cg, (g + 1) * cg), *([slice(lo, lo + k)] * d))] = sums[:, :taps].reshape(cg, *([k] * d))
-        gb[g * cg:(g + 1) * cg] = sums[:, taps]
-    return gx, gw.reshape(C, -1).to(weight.dtype), gb.to(x.dtype)
+            row, ntw, nth * ntw, ndc, dpp, taps + 1,
+            BLOCK_H=bh, BLOCK_W=bw, num_warps=warps, **consts)
+        _dwconv_wgrad_reduce_kernel[(cg,)](
+            part, gw, gb, n_rows, taps + 1, g * cg, row,
+            ROW=row, ROW_P2=row_p2, BLOCK_R=max(1, 4096 // row_p2), num_warps=4, **consts)
+    return gx, gw, gb
 
 
 # ----------------------------------------------------------------------------- compile registry
@@ -282,5 +316,20 @@ def _bwd_specs(dtype: str) -> list:
     return specs
 
 
+def _reduce_specs(dtype: str) -> list:
+    specs = []
+    for fwd in _fwd_specs(dtype):
+        c = fwd["constexprs"]
+        row = c["KMAX"] ** (3 if c["KD"] > 1 else 2)
+        row_p2 = 1 << (row - 1).bit_length()
+        sig = {"part_ptr": "*fp32", "gw_ptr": f"*{dtype}", "gb_ptr": f"*{dtype}", "n_rows": "i32",
+               "part_row": "i32", "c_off": "i32", "w_row": "i32"}
+        const = {k: c[k] for k in ("K", "KD", "KMAX", "W_OFF", "WD_OFF", "HAS_BIAS")}
+        const.update(ROW=row, ROW_P2=row_p2, BLOCK_R=max(1, 4096 // row_p2))
+        specs.append({"signature": sig, "constexprs": const, "num_warps": 4, "label": fwd["label"]})
+    return specs
+
+
 register_kernel("dwconv_fwd", _dwconv_fwd_kernel, _fwd_specs)
+register_kernel("dwconv_wgrad_reduce", _dwconv_wgrad_reduce_kernel, _reduce_specs)
 register_kernel("dwconv_bwd", _dwconv_bwd_kernel, _bwd_specs)

@@ -97,6 +97,7 @@ class MultiLogitDiceCEFunction(torch.autograd.Function):
             cfg["smooth_nr"], cfg["smooth_dr"], cfg["validate"])
         ctx.save_for_backward(target, raw_weights, cw, cb, aw, ab, res, coef, *maps)
         ctx.cfg = cfg
+        ctx.set_materialize_grads(False)  # no zero-filled grad for the per-map output
         T = raw_weights.numel()
         per_map = res[1:1 + T]
         ctx.mark_non_differentiable(per_map)
@@ -104,6 +105,8 @@ class MultiLogitDiceCEFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_per_map):
+        if grad_loss is None:
+            return (None,) * (7 + len(ctx.saved_tensors) - 8)
         target, raw_weights, cw, cb, aw, ab, res, coef, *maps = ctx.saved_tensors
         cfg = ctx.cfg
         concat_grad = cw is not None and ctx.needs_input_grad[2]

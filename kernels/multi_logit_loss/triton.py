@@ -27,17 +27,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .._registry import register_kernel
+from .._registry import register_device_function, register_kernel
 from .reference import OPS, attn_rows, concat_rows, subsets
 
 MAX_MAPS = 5
 _OP_CODE = {op: i + 1 for i, op in enumerate(OPS)}  # add 1, mul 2, concat 3, attention 4
 _WEIGHT_CODE = {"softplus": 0, "normalized": 1, "fixed": 2}
-BLOCK = 64  # voxels per tile on GPU (register budget of pass 2 with 4 maps x 16 padded classes)
-BLOCK_INTERPRETER = 512  # the interpreter pays per op, not per element: fewer, wider tiles
+BLOCK = 32  # voxels per tile on GPU: with 8 warps the LoMix build (4 maps x 16 padded classes) does not spill
+NUM_WARPS = 8  # 4 warps spill in pass 2 (LoMix, 4 maps x 9 classes); 8 builds spill-free for sm_80 / sm_90a
+BLOCK_INTERPRETER = 4096  # cap; the interpreter pays per op, not per element: few, wide tiles
 
 
 # ----------------------------------------------------------------------------- jit helpers
+@register_device_function
 @triton.jit
 def _pick(i: tl.constexpr, a0, a1, a2, a3, a4):
     if i == 0:
@@ -53,6 +55,7 @@ def _pick(i: tl.constexpr, a0, a1, a2, a3, a4):
     return r
 
 
+@register_device_function
 @triton.jit
 def _add_at(i: tl.constexpr, d, a0, a1, a2, a3, a4):
     if i == 0:
@@ -68,17 +71,20 @@ def _add_at(i: tl.constexpr, d, a0, a1, a2, a3, a4):
     return a0, a1, a2, a3, a4
 
 
+@register_device_function
 @triton.jit
 def _bit(msk, i: tl.constexpr):
     return ((msk >> i) & 1) != 0
 
 
+@register_device_function
 @triton.jit
 def _bitv(msk, i: tl.constexpr, like):
     # the member bit broadcast to the shape of the int tensor ``like`` (masks must be built as vectors)
     return (like * 0 + ((msk >> i) & 1)) != 0
 
 
+@register_device_function
 @triton.jit
 def _rank(msk, i: tl.constexpr):
     # position of map i among the members of msk (number of members below i)
@@ -88,11 +94,13 @@ def _rank(msk, i: tl.constexpr):
     return r
 
 
+@register_device_function
 @triton.jit
 def _load_x(x_ptr, off, row, v, m2):
     return tl.load(x_ptr + off + row + v[None, :], mask=m2, other=0.0).to(tl.float32)
 
 
+@register_device_function
 @triton.jit
 def _score(aw_ptr, ab_ptr, msk, i: tl.constexpr, x, cls, C: tl.constexpr):
     # attention score of member i (-inf for non-members); conv row = s(s-1)/2 - 1 + rank
@@ -103,8 +111,10 @@ def _score(aw_ptr, ab_ptr, msk, i: tl.constexpr, x, cls, C: tl.constexpr):
     return tl.where(_bit(msk, i), sc, float("-inf"))
 
 
+@register_device_function
 @triton.jit
 def _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls,
+         x_ptr, off1, off2, off3, off4, b, S, v, vmask,
          M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, OPS: tl.constexpr):
     """Supervised map ``op(S)`` for the member bit mask ``msk`` (bit i <-> base map i).
 
@@ -112,8 +122,6 @@ def _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, c
     ``OPS`` (constexpr bits: 2 mul, 4 concat, 8 attention) compiles out the operators not in use.
     Returns ``(z, mx, den)``; mx / den are the attention softmax max and normaliser (op 4 only).
     """
-    kls = tl.arange(0, C_PAD)
-    wmask = (cls[:, None] < C) & (kls[None, :] < C)
     mx = tl.zeros([BLOCK], tl.float32)
     den = tl.full([BLOCK], 1.0, tl.float32)
     z = tl.zeros(x0.shape, tl.float32)
@@ -127,10 +135,16 @@ def _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, c
                 z = z * tl.where(_bit(msk, i), _pick(i, x0, x1, x2, x3, x4), 1.0)
     if (OPS & 4) != 0:
         if op == 3:
+            # z[c] = sum_i sum_k W_i[c, k] x_i[k] + bias: FMA over class rows re-read from L1 (no tl.dot:
+            # its operand layouts made pass 2 spill)
             for i in tl.static_range(M):
-                w = tl.load(cw_ptr + (rc0 + _rank(msk, i)) * C * C + cls[:, None] * C + kls[None, :],
-                            mask=wmask & _bitv(msk, i, cls)[:, None], other=0.0)
-                z += tl.dot(w, _pick(i, x0, x1, x2, x3, x4), input_precision="ieee")
+                wcol = cw_ptr + (rc0 + _rank(msk, i)) * C * C + cls * C
+                wm = (cls < C) & _bitv(msk, i, cls)
+                xrow = x_ptr + _pick(i, 0, off1, off2, off3, off4) + b * C * S + v
+                for k in tl.static_range(C):
+                    wk = tl.load(wcol + k, mask=wm, other=0.0)
+                    xk = tl.load(xrow + k * S, mask=vmask, other=0.0).to(tl.float32)
+                    z += wk[:, None] * xk[None, :]
             z += tl.load(cb_ptr + si * C + cls, mask=cls < C, other=0.0)[:, None]
     if (OPS & 8) != 0:
         if op == 4:
@@ -147,6 +161,7 @@ def _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, c
     return z, mx, den
 
 
+@register_device_function
 @triton.jit
 def _probs(z, g, cmask, SIGMOID: tl.constexpr):
     """Probabilities and per-voxel CE / BCE (summed over classes) of one (C_PAD, BLOCK) logit tile."""
@@ -221,8 +236,8 @@ def _mll_stats_kernel(x_ptr, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, pa
             msk = tl.load(desc_ptr + 4 * t + 1)
             si = tl.load(desc_ptr + 4 * t + 2)
             rc0 = tl.load(desc_ptr + 4 * t + 3)
-            z, _mx, _den = _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, M, C,
-                           C_PAD, BLOCK, OPS)
+            z, _mx, _den = _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls,
+                           x_ptr, off1, off2, off3, off4, b, S, v, vmask, M, C, C_PAD, BLOCK, OPS)
             p, ce = _probs(z, gf, cmask, SIGMOID)
             p = tl.where(m2, p, 0.0)
             acc_i += tl.where(tcol[None, :] == t, tl.sum(p * gf, axis=1)[:, None], 0.0)
@@ -334,6 +349,7 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, B, n_chunks, n_ce,
 
 
 # ----------------------------------------------------------------------------- pass 2
+@register_device_function
 @triton.jit
 def _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, SIGMOID: tl.constexpr, SQUARED: tl.constexpr):
     """d loss / d z for one supervised map tile."""
@@ -363,9 +379,7 @@ def _mll_grad_kernel(x_ptr, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res
     b = tl.program_id(1).to(tl.int64)
     prog = b * n_chunks + pid_c
     cls = tl.arange(0, C_PAD)
-    kls = tl.arange(0, C_PAD)
     cmask = cls[:, None] < C
-    wmask = cmask & (kls[None, :] < C)
     LBL_OFF: tl.constexpr = 1 if (SIGMOID and C == 1) else 0
     gout = tl.load(gout_ptr).to(tl.float32)
     if (pid_c == 0) & (b == 0):
@@ -408,8 +422,8 @@ def _mll_grad_kernel(x_ptr, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res
             msk = tl.load(desc_ptr + 4 * t + 1)
             si = tl.load(desc_ptr + 4 * t + 2)
             rc0 = tl.load(desc_ptr + 4 * t + 3)
-            z, mx, den = _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, M, C,
-                           C_PAD, BLOCK, OPS)
+            z, mx, den = _mix(op, msk, si, rc0, x0, x1, x2, x3, x4, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls,
+                           x_ptr, off1, off2, off3, off4, b, S, v, vmask, M, C, C_PAD, BLOCK, OPS)
             a_c = tl.load(cbase + t * C + cls, mask=cls < C, other=0.0) * gout
             b_c = tl.load(cbase + T * C + t * C + cls, mask=cls < C, other=0.0) * gout
             ce_scale = tl.load(res_ptr + 1 + 4 * T + t) * gout
@@ -427,16 +441,18 @@ def _mll_grad_kernel(x_ptr, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res
                         g0, g1, g2, g3, g4 = _add_at(i, tl.where(_bit(msk, i), d, 0.0), g0, g1, g2, g3, g4)
             if (OPS & 4) != 0:
                 if op == 3:
-                    for i in tl.static_range(M):
-                        r = rc0 + _rank(msk, i)
-                        wm = wmask & _bitv(msk, i, cls)[:, None]
-                        w = tl.load(cw_ptr + r * C * C + cls[:, None] * C + kls[None, :], mask=wm, other=0.0)
-                        d = tl.dot(tl.trans(w), dz, input_precision="ieee")
-                        g0, g1, g2, g3, g4 = _add_at(i, d, g0, g1, g2, g3, g4)
-                        if CONCAT_GRAD:
-                            dw = tl.dot(dz, tl.trans(_pick(i, x0, x1, x2, x3, x4)), input_precision="ieee")
-                            tl.atomic_add(pbase + r * C * C + cls[:, None] * C + kls[None, :], dw, mask=wm,
-                                          sem="relaxed")
+                    # d x_i[k] = sum_c W_i[c, k] dz[c];  d W_i[c, k] = sum_v dz[c] x_i[k]
+                    for c in tl.static_range(C):
+                        dzc = tl.sum(tl.where(cls[:, None] == c, dz, 0.0), axis=0)
+                        for i in tl.static_range(M):
+                            r = rc0 + _rank(msk, i)
+                            am = (cls < C) & _bitv(msk, i, cls)
+                            wrow = tl.load(cw_ptr + r * C * C + c * C + cls, mask=am, other=0.0)
+                            g0, g1, g2, g3, g4 = _add_at(i, wrow[:, None] * dzc[None, :], g0, g1, g2, g3, g4)
+                            if CONCAT_GRAD:
+                                x = _pick(i, x0, x1, x2, x3, x4)
+                                tl.atomic_add(pbase + r * C * C + c * C + cls, tl.sum(x * dzc[None, :], axis=1),
+                                              mask=am, sem="relaxed")
                     if CONCAT_GRAD:
                         tl.atomic_add(pbase + OFF_CB + si * C + cls, tl.sum(dz, axis=1), mask=cls < C,
                                       sem="relaxed")
@@ -498,16 +514,17 @@ def _descriptors(M: int, ops, device) -> torch.Tensor:
 
 
 def _cpad(C: int, ops) -> int:
-    c = max(triton.next_power_of_2(C), 2)
-    return max(c, 16) if "concat" in ops else c  # tl.dot needs >= 16
+    return max(triton.next_power_of_2(C), 2)
 
 
-def _block(device: torch.device) -> int:
-    return BLOCK if device.type == "cuda" else BLOCK_INTERPRETER
+def _block(device: torch.device, S: int) -> int:
+    if device.type == "cuda":
+        return BLOCK
+    return min(BLOCK_INTERPRETER, max(16, triton.next_power_of_2(S)))
 
 
 def _grid(B: int, S: int, device: torch.device):
-    n_tiles = triton.cdiv(S, _block(device))
+    n_tiles = triton.cdiv(S, _block(device, S))
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         n_chunks = max(1, min(n_tiles, triton.cdiv(4 * sms, B)))
@@ -564,7 +581,7 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, 
         aw if aw is not None else d, ab if ab is not None else d, part,
         offs[0], offs[1], offs[2], offs[3], S, tpp, n_chunks,
         M=M, C=C, C_PAD=C_PAD, T=T, T_PAD=T_PAD, SIGMOID=sigmoid, SQUARED=squared, OPS=_ops_bits(ops),
-        BLOCK=_block(dev), num_warps=4)
+        BLOCK=_block(dev, S), num_warps=NUM_WARPS)
     res = torch.empty(1 + 5 * T + M + 1, dtype=torch.float32, device=dev)
     coef = torch.empty(B if not batch else 1, 2, T, C, dtype=torch.float32, device=dev)
     n_ce = float(B * S * (C if sigmoid else 1))
@@ -601,7 +618,7 @@ def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, 
         offs[0], offs[1], offs[2], offs[3], S, tpp, n_chunks, B,
         M=M, C=C, C_PAD=C_PAD, T=T, T_PAD=T_PAD, SIGMOID=sigmoid, SQUARED=squared, PER_SAMPLE=not batch,
         CONCAT_GRAD=concat_grad and "concat" in ops, OFF_CB=off_cb, OFF_AW=off_aw, OFF_AB=off_ab, NP=NP,
-        OPS=_ops_bits(ops), BLOCK=_block(dev), num_warps=4)
+        OPS=_ops_bits(ops), BLOCK=_block(dev, S), num_warps=NUM_WARPS)
     gp = pp.sum(0) if param_grad else torch.zeros(NP, dtype=torch.float32, device=dev)
     return gx, gw, gp
 
@@ -626,7 +643,7 @@ def _stats_specs(dtype: str):
                       "constexprs": {"M": M, "C": C, "C_PAD": _cpad(C, ops), "T": T,
                                      "T_PAD": max(triton.next_power_of_2(T), 2), "SIGMOID": sig,
                                      "SQUARED": not sig, "OPS": _ops_bits(ops), "BLOCK": BLOCK},
-                      "num_warps": 4})
+                      "num_warps": NUM_WARPS, "label": f"M{M}-C{C}-{'+'.join(ops) or 'none'}"})
     return specs
 
 
@@ -659,7 +676,7 @@ def _grad_specs(dtype: str):
                                      "SQUARED": not sig, "PER_SAMPLE": sig, "CONCAT_GRAD": has_p,
                                      "OFF_CB": off_cb, "OFF_AW": off_aw, "OFF_AB": off_ab, "NP": NP,
                                      "OPS": _ops_bits(ops), "BLOCK": BLOCK},
-                      "num_warps": 4})
+                      "num_warps": NUM_WARPS, "label": f"M{M}-C{C}-{'+'.join(ops) or 'none'}"})
     return specs
 
 

@@ -23,6 +23,7 @@ _MAXPOOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
 NORMS = ("batch", "instance", "group")
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
 def conv_type(spatial_dims: int):
@@ -101,7 +102,9 @@ def check_input(x, spatial_dims: int, in_channels: int, model: str) -> None:
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> torch.Tensor:
-    """Pad the spatial dims of ``x`` at their high end up to a multiple of ``multiple`` (no-op if already)."""
+    """Pad the spatial dims of ``x`` at their high end up to a multiple of ``multiple`` (no-op if already).
+
+    ``mode`` is an ``F.pad`` mode; "constant" pads with zeros."""
     pads = []
     for s in reversed(x.shape[2:]):
         pads += [0, (-s) % multiple]

@@ -140,7 +140,8 @@ class GMSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sp = x.shape[2:]
         if any(s % self.patch_size for s in sp):
-            raise ValueError(f"GMSBlock: spatial size {tuple(sp)} must be divisible by patch_size={self.patch_size}")
+            raise ValueError(f"GMSBlock: spatial size {tuple(sp)} must be divisible by "
+                             f"patch_size={self.patch_size}")
         y = x
         x = self.conv2(self.conv1(x))
         x_t, x_c = torch.split(x, self.split, dim=1)
