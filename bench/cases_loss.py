@@ -24,21 +24,21 @@ _B, _K, _HW, _M = 16, 9, 224, 4
 _NATIVE = (32, 16, 8, 4)  # decoder head strides, coarse -> fine
 
 
-def _size(scale: float):
-    """(B, side) with B * side^2 ~ scale * 16 * 224^2 (B shrinks first, then the side)."""
+def _size(scale: float, multiple: int):
+    """(B, side) with B * side^2 ~ scale * 16 * 224^2 (B shrinks first, then the side; side a multiple
+    of ``multiple``)."""
     if scale >= 1.0:
         return _B, _HW
     b = max(1, int(round(_B * scale)))
-    side = int(round(_HW * math.sqrt(scale * _B / b)))
-    side = max(32, side - side % 32)  # the native row needs side divisible by 32
-    return b, side
+    side = _HW * math.sqrt(scale * _B / b)
+    return b, max(multiple, int(round(side / multiple)) * multiple)
 
 
 def _build(scale: float, device, dtype, native: bool) -> Problem:
     from segfuse.kernels import force_backend
     from segfuse.losses import LoMixLoss
 
-    B, side = _size(scale)
+    B, side = _size(scale, 32 if native else 8)
     g = torch.Generator(device="cpu").manual_seed(0)
     sides = [side // s for s in _NATIVE] if native else [side] * _M
     maps = [torch.randn(B, _K, s, s, generator=g).to(device=device, dtype=dtype).requires_grad_() for s in sides]

@@ -109,7 +109,7 @@ class MultiLogitDiceCEFunction(torch.autograd.Function):
             return (None,) * (7 + len(ctx.saved_tensors) - 8)
         target, raw_weights, cw, cb, aw, ab, res, coef, *maps = ctx.saved_tensors
         cfg = ctx.cfg
-        concat_grad = cw is not None and ctx.needs_input_grad[2]
+        concat_grad = cw is not None and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
         gx, gw, gp = torch.ops.segfuse.mll_bwd(
             grad_loss.reshape(1).float().contiguous(), maps, target, raw_weights, cw, cb, aw, ab, res, coef,
             cfg["ops"], cfg["sigmoid"], cfg["squared"], cfg["batch"], concat_grad)

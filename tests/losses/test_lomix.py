@@ -21,13 +21,13 @@ def _grads(loss_fn, maps, y, backend):
     return loss.detach(), [m.grad for m in maps], {n: p.grad.clone() for n, p in loss_fn.named_parameters()}
 
 
-@pytest.mark.parametrize("weight_mode", ["free", "normalized"])
-def test_module_parity_all_parameters(weight_mode):
+@pytest.mark.parametrize("weight_mode,num_maps", [("free", 3), ("normalized", 2)])
+def test_module_parity_all_parameters(weight_mode, num_maps):
     torch.manual_seed(1)
-    loss_fn = LoMixLoss(3, 3, 2, weight_mode=weight_mode)
+    loss_fn = LoMixLoss(num_maps, 3, 2, weight_mode=weight_mode)
     with torch.no_grad():
         loss_fn.raw_weights.normal_(0, 0.5)
-    maps = [torch.randn(2, 3, 2, 3), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 8, 12)]  # coarse -> fine
+    maps = [torch.randn(2, 3, 2, 3), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 8, 12)][-num_maps:]  # coarse -> fine
     y = torch.randint(0, 3, (2, 8, 12))
     lt, gmt, gpt = _grads(loss_fn, maps, y, "triton")
     lr, gmr, gpr = _grads(loss_fn, maps, y, "reference")
@@ -53,20 +53,20 @@ def test_free_weights_drift_down_under_adam_normalized_do_not():
     """The published objective has no lower bound in the weights: dL/d raw = sigmoid(raw) * loss_t > 0, so
     Adam lowers every raw weight by ~lr per step. The normalised mode keeps the sum fixed at T ln 2."""
     torch.manual_seed(0)
-    maps = [torch.randn(2, 3, 6, 7) for _ in range(2)]
-    y = torch.randint(0, 3, (2, 6, 7))
+    maps = [torch.randn(1, 3, 6, 7) for _ in range(2)]
+    y = torch.randint(0, 3, (1, 6, 7))
     results = {}
     for mode in ("free", "normalized"):
         loss_fn = LoMixLoss(2, 3, 2, operators=("add", "mul"), weight_mode=mode)
         opt = torch.optim.Adam(loss_fn.parameters(), lr=0.1)
         with force_backend("triton"):
-            for _ in range(4):
+            for _ in range(3):
                 opt.zero_grad()
                 loss_fn(maps, y).backward()
                 opt.step()
         results[mode] = (loss_fn.raw_weights.detach().clone(), loss_fn.weights())
     raw, free = results["free"]
-    assert (raw < -0.35).all(), raw  # ~ -lr per Adam step, every weight, whatever its gradient's size
+    assert (raw < -0.25).all(), raw  # ~ -lr per Adam step, every weight, whatever its gradient's size
     assert (free < math.log(2.0)).all()
     norm = results["normalized"][1]
     assert abs(norm.sum().item() - 4 * math.log(2.0)) < 1e-5
@@ -96,7 +96,7 @@ def test_errors():
 
 # ----------------------------------------------------------------------------- training
 class TinyUNet(nn.Module):
-    """Two-level U-shaped net returning logits at 1/4, 1/2 and full resolution (coarse -> fine)."""
+    """Two-level U-shaped net returning logits at 1/2 and full resolution (coarse -> fine)."""
 
     def __init__(self, c_in=1, n_cls=3, w=6):
         super().__init__()
@@ -113,16 +113,16 @@ class TinyUNet(nn.Module):
         f3 = F.relu(self.e3(f2))
         u2 = F.relu(self.d2(torch.cat([F.interpolate(f3, scale_factor=2.0), f2], 1)))
         u1 = F.relu(self.d1(torch.cat([F.interpolate(u2, scale_factor=2.0), f1], 1)))
-        return [self.h3(f3), self.h2(u2), self.h1(u1)]
+        return [self.h2(u2), self.h1(u1)]
 
 
-def _train(backend, steps=6):
+def _train(backend, steps=5):
     torch.manual_seed(0)
     net = TinyUNet()
-    loss_fn = LoMixLoss(3, 3, 2, operators=("add", "attention"))
+    loss_fn = LoMixLoss(2, 3, 2, operators=("mul", "attention"))
     opt = torch.optim.AdamW(list(net.parameters()) + list(loss_fn.parameters()), lr=1e-2)
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 1, 12, 12, generator=g)
+    x = torch.rand(2, 1, 8, 8, generator=g)
     y = (x[:, 0] > 0.35).long() + (x[:, 0] > 0.7).long()  # intensity -> 3 classes
     losses = []
     with force_backend(backend):
