@@ -67,8 +67,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     from segfuse.train.checkpoint import write_csv
     rows = []
-    for sup in args.supervisions:
-        for seed in args.seeds:
+    for seed in args.seeds:                 # seed-major: a cut-short run still compares all modes
+        for sup in args.supervisions:
             rows.append(run_one(sup, seed, args))
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
             write_csv(rows, os.path.join(args.out, "runs.csv"))
@@ -79,6 +79,8 @@ def main(argv=None) -> int:
              "|---" * (len(keys) + 2) + "|"]
     for sup in args.supervisions:
         r = [x for x in rows if x["supervision"] == sup]
+        if not r:
+            continue
         cells = [f"{np.mean([x[k] for x in r]):.4f} ± {np.std([x[k] for x in r]):.4f}" for k in keys]
         lines.append(f"| {sup} | " + " | ".join(cells) + f" | {np.mean([x['train_s'] for x in r]):.0f} |")
     text = "\n".join(lines)

@@ -22,10 +22,10 @@ def resolve_data(spec: str, cache_dir: str = None, dims: int = 3, seed: int = 0)
     cache_dir = cache_dir or default_cache_dir()
     if spec == "synthetic":
         from .synthetic import write_synthetic_dataset
-        return write_synthetic_dataset(os.path.join(cache_dir, f"synthetic3d_seed{seed}"), dims=3, seed=seed)
+        return write_synthetic_dataset(os.path.join(cache_dir, f"synthetic3d_v3_seed{seed}"), dims=3, seed=seed)
     if spec == "synthetic2d":
         from .synthetic import write_synthetic_dataset
-        return write_synthetic_dataset(os.path.join(cache_dir, f"synthetic2d_seed{seed}"), dims=2,
+        return write_synthetic_dataset(os.path.join(cache_dir, f"synthetic2d_v3_seed{seed}"), dims=2,
                                        seed=seed, num_train=64, num_test=16)
     if spec == "mni152":
         from .mni152 import write_mni152_dataset

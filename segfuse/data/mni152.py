@@ -3,7 +3,9 @@
 Read from the files the ``nilearn`` wheel ships (``pip install nilearn``; no network access).
 Labels: argmax over (background/CSF = 1 - p_gm - p_wm, p_gm, p_wm) of the template's tissue
 probability maps -> 0 background, 1 grey matter, 2 white matter. Written as one training case in the
-nnU-Net raw layout, 1 mm isotropic, 197 x 233 x 189 voxels.
+nnU-Net raw layout, 1 mm isotropic, cropped to the brain's bounding box + 2 voxels
+(149 x 185 x 157 of the template's 197 x 233 x 189 voxels; the affine is shifted accordingly, so the
+volume stays in MNI space).
 """
 from __future__ import annotations
 
@@ -45,7 +47,13 @@ def mni152_arrays():
     wm = np.asanyarray(imgs["wm"].dataobj).astype(np.float32) / 255.0
     bg = np.clip(1.0 - gm - wm, 0.0, 1.0)
     label = np.argmax(np.stack([bg, gm, wm]), axis=0).astype(np.uint8)
-    return t1, label, imgs["t1"].affine
+    nz = np.argwhere((label > 0) | (t1 > 0))
+    lo = np.maximum(nz.min(0) - 2, 0)
+    hi = np.minimum(nz.max(0) + 3, label.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    affine = imgs["t1"].affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ lo
+    return np.ascontiguousarray(t1[sl]), np.ascontiguousarray(label[sl]), affine
 
 
 def write_mni152_dataset(root: str) -> str:

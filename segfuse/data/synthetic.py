@@ -20,10 +20,10 @@ from .nnunet import save_nifti, write_dataset_json
 # name: (relative radius range (fraction of body size), mean HU)
 ORGANS: Dict[str, Tuple[Tuple[float, float], float]] = {
     "liver": ((0.46, 0.54), 60.0),
-    "spleen": ((0.30, 0.36), 45.0),
-    "kidney": ((0.22, 0.26), 150.0),
-    "stomach": ((0.24, 0.30), 10.0),
-    "gland": ((0.09, 0.12), 90.0),   # small structure
+    "spleen": ((0.30, 0.36), 105.0),
+    "kidney": ((0.22, 0.26), 170.0),
+    "stomach": ((0.24, 0.30), -5.0),
+    "gland": ((0.09, 0.12), 135.0),   # small structure
 }
 DEFAULT_SHAPE_3D = (64, 64, 48)
 DEFAULT_SHAPE_2D = (128, 128)
@@ -32,6 +32,7 @@ DEFAULT_SPACING = (1.5, 1.5, 2.5)
 
 def _smooth_noise(rng, shape, sigma):
     n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    n = n - n.mean()
     return n / max(float(n.std()), 1e-8)
 
 
@@ -61,24 +62,27 @@ def make_case(shape: Sequence[int], seed: int, index: int, spacing=DEFAULT_SPACI
         # centre drawn among free voxels far enough from the body wall and the organs placed so far
         free = inner & ~ndimage.binary_dilation(label > 0, iterations=2)
         dist = ndimage.distance_transform_edt(free, sampling=sp)
-        radii = scale * rng.uniform(rlo, rhi, nd)
+        radii = np.maximum(scale * rng.uniform(rlo, rhi, nd), 2.0 * sp)   # at least ~4 voxels across
         if dist.max() < 0.8 * radii.max():
             radii = radii * dist.max() / (0.8 * radii.max())
         cand = np.flatnonzero(dist.ravel() >= 0.8 * radii.max())
         if cand.size == 0:
             raise RuntimeError(f"synthetic case {index} (seed {seed}): no room for organ {name!r}")
-        c = mm.reshape(nd, -1)[:, rng.choice(cand)]
-        rot = np.linalg.qr(rng.standard_normal((nd, nd)))[0]
-        d = np.tensordot(rot, mm - c.reshape((nd,) + (1,) * nd), axes=1)
-        f = ((d / radii.reshape((nd,) + (1,) * nd)) ** 2).sum(0)
-        f = f + 0.25 * _smooth_noise(rng, shape, sigma=max(2.0, float(radii.min() / sp.max()) / 1.5))
-        organ = (f < 1.0) & free
-        if organ.sum() < 4:
+        for _attempt in range(20):
+            c = mm.reshape(nd, -1)[:, rng.choice(cand)]
+            rot = np.linalg.qr(rng.standard_normal((nd, nd)))[0]
+            d = np.tensordot(rot, mm - c.reshape((nd,) + (1,) * nd), axes=1)
+            f = ((d / radii.reshape((nd,) + (1,) * nd)) ** 2).sum(0)
+            f = f + 0.25 * _smooth_noise(rng, shape, sigma=max(2.0, float(radii.min() / sp.max()) / 1.5))
+            organ = (f < 1.0) & free
+            if organ.sum() >= 4:
+                break
+        else:
             raise RuntimeError(f"synthetic case {index} (seed {seed}): organ {name!r} came out empty")
         label[organ] = k
         tex = 12.0 * _smooth_noise(rng, shape, 1.5)
         image[organ] = hu + rng.uniform(-10, 10) + tex[organ]
-    bias = np.exp(0.03 * _smooth_noise(rng, shape, sigma=max(shape) / 3))
+    bias = np.exp(0.02 * _smooth_noise(rng, shape, sigma=max(shape) / 3))
     image = np.where(body, (image + 1000.0) * bias - 1000.0, image)
     image = image + rng.normal(0.0, 18.0, shape).astype(np.float32)
     if nd == 2:

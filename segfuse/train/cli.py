@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="exit after N epochs of this process (checkpointed; continue with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,7 +82,8 @@ def config_from_args(args):
         amp=args.amp, val_every=args.val_every, val_split=args.val_split, holdout_every=args.holdout_every,
         augment=args.augment, fg_prob=args.fg_prob, spacing=args.spacing, ct_window=tuple(args.ct_window),
         seed=args.seed, device=args.device, num_workers=args.num_workers, cache_dir=args.cache_dir,
-        model_kwargs=_model_kw(args.model_arg), resume=args.resume, progress=not args.no_progress)
+        model_kwargs=_model_kw(args.model_arg), resume=args.resume, progress=not args.no_progress,
+        stop_after_epochs=args.stop_after_epochs)
 
 
 def run(args) -> int:

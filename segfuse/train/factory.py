@@ -1,8 +1,8 @@
 """The one place that binds ``segfuse train`` to models and losses.
 
 ``build_model`` uses ``segfuse.models.create_model`` for registered names and the local plain
-``unet`` (:mod:`segfuse.train.unet`) for ``"unet"``. ``build_loss`` uses ``segfuse.losses`` when it
-provides the needed loss and the eager stand-ins of :mod:`segfuse.train.losses_eager` otherwise.
+``unet`` (:mod:`segfuse.train.unet`, the baseline) for ``"unet"``. ``build_loss`` uses
+``segfuse.losses`` (fused kernels on CUDA, eager references on CPU).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Callable, List, Tuple
 import torch
 from torch import nn
 
-from . import losses_eager
 from .unet import UNet
 
 log = logging.getLogger(__name__)
@@ -66,52 +65,29 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
     """
     if supervision not in SUPERVISIONS:
         raise ValueError(f"--supervision must be one of {SUPERVISIONS}, got {supervision!r}")
-    try:
-        import segfuse.losses as L
-    except ImportError:
-        L = None
+    from segfuse.losses import DeepSupervisionDiceCE, DiceCELoss, LoMixLoss
     if supervision == "single":
-        dice_ce = getattr(L, "dice_ce_loss", None) or getattr(L, "dice_ce", None)
-        fn = dice_ce if callable(dice_ce) else losses_eager.dice_ce
+        mod = DiceCELoss(to_onehot_y=True, softmax=True)
 
         def single(out, target):
-            if isinstance(out, (list, tuple)):
-                out = out[-1]
-            return fn(out, target)
-        return single, nn.Module()
+            return mod(out[-1] if isinstance(out, (list, tuple)) else out, target)
+        return single, mod
     if supervision == "deep":
-        weights = deep_supervision_weights(num_maps)
-        real = getattr(L, "multi_logit_dice_ce", None)
-        if real is not None:
-            return (lambda out, target: real(list(out), target, weights)), nn.Module()
-        mod = losses_eager.DeepSupervisionLoss(weights)
+        w = deep_supervision_weights(num_maps)
+        mod = DeepSupervisionDiceCE(num_maps, weights=[x / sum(w) for x in w])
         return mod, mod
-    real = getattr(L, "LoMixLoss", None)
-    mod = (real(num_maps, num_classes, spatial_dims) if real is not None
-           else losses_eager.LearnedWeightLoss(num_maps))
+    mod = LoMixLoss(num_maps, num_classes, spatial_dims)
     return mod, mod
 
 
 def loss_weights(module: nn.Module):
     """Current learned weights of a LoMix loss as ``{name: float}`` (empty for fixed losses)."""
-    fn = getattr(module, "weights", None) or getattr(module, "normalized_weights", None)
+    if callable(getattr(module, "interpret", None)):
+        return {str(k): float(v) for k, v in module.interpret().items()}
+    fn = getattr(module, "weights", None)
     if not callable(fn):
         return {}
     with torch.no_grad():
-        w = fn()
-    w = w.detach().float().flatten().tolist() if torch.is_tensor(w) else list(w)
-    names = list(getattr(module, "names", None) or getattr(module, "map_names", None)
-                 or [f"w{i}" for i in range(len(w))])
+        w = fn().detach().float().flatten().tolist()
+    names = getattr(module, "names", None) or [f"w{i}" for i in range(len(w))]
     return dict(zip(names, w))
-
-
-def uses_stand_in() -> dict:
-    """Which parts run on local stand-ins (for the run config / report)."""
-    out = {}
-    try:
-        import segfuse.losses as L
-        out["multi_logit_dice_ce"] = not hasattr(L, "multi_logit_dice_ce")
-        out["LoMixLoss"] = not hasattr(L, "LoMixLoss")
-    except ImportError:
-        out["losses"] = True
-    return out

@@ -20,20 +20,22 @@ def plot_history(history: List[Dict], run_dir: str) -> List[str]:
     a1.plot(ep, [h["train_loss"] for h in history], marker=".")
     a1.set(xlabel="epoch", ylabel="train loss", title="loss")
     a1.grid(alpha=0.3)
-    val = [h for h in history if h.get("val_dice_mean", "") != ""]
-    for key in [k for k in history[-1] if k.startswith("val_dice_")]:
-        pts = [(h["epoch"], h[key]) for h in val if h.get(key, "") != ""]
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    plotted = False
+    for key in [k for k in keys if k.startswith("val_dice_")]:
+        pts = [(h["epoch"], h[key]) for h in history if h.get(key, "") != ""]
         if pts:
             a2.plot(*zip(*pts), marker=".", lw=2.5 if key == "val_dice_mean" else 1,
                     label=key[len("val_dice_"):])
+            plotted = True
     a2.set(xlabel="epoch", ylabel="Dice", title="validation Dice", ylim=(0, 1))
     a2.grid(alpha=0.3)
-    if val:
+    if plotted:
         a2.legend(fontsize=7)
     fig.tight_layout()
     paths.append(os.path.join(run_dir, "curves.png"))
     _save(fig, paths[-1])
-    wkeys = [k for k in history[-1] if k.startswith("w_")]
+    wkeys = [k for k in keys if k.startswith("w_")]
     if wkeys:
         fig, ax = plt.subplots(figsize=(7, 4))
         for k in wkeys:

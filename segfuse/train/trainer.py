@@ -30,7 +30,7 @@ from segfuse.metrics import dice_score, nanmean
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint, write_csv, write_json
 from .data_setup import Preprocess, load_volumes, resolve_split, split_data
-from .factory import build_loss, build_model, loss_weights, size_divisor, uses_stand_in
+from .factory import build_loss, build_model, loss_weights, size_divisor
 
 
 @dataclasses.dataclass
@@ -66,6 +66,7 @@ class TrainConfig:
     model_kwargs: Dict = dataclasses.field(default_factory=dict)
     resume: bool = False
     progress: bool = True
+    stop_after_epochs: Optional[int] = None  # end this process after N more epochs (chunked jobs)
 
 
 def _amp_dtype(amp: str, device: torch.device):
@@ -206,7 +207,7 @@ class Trainer:
         c = dataclasses.asdict(self.cfg)
         c.update(data_dir=self.data_dir, num_classes=self.ds.num_classes, class_names=self.ds.class_names,
                  channel_names=self.ds.channel_names, patch_size=list(self.patch), val_split_resolved=self.split,
-                 num_maps=self.num_maps, world_size=self.world, stand_ins=uses_stand_in(),
+                 num_maps=self.num_maps, world_size=self.world,
                  divisor=size_divisor(self.model, self.cfg.dims))
         return c
 
@@ -298,6 +299,7 @@ class Trainer:
             write_json(self.run_config(), os.path.join(rd, "config.json"))
         stop = self.iteration >= self.total_iters or self.progress() >= 1.0
         t_start = time.time() - self.elapsed
+        epochs_here = 0
         while not stop:
             done_in_epoch = self.iteration - self.epoch * cfg.iters_per_epoch
             self.dataset.set_epoch(self.epoch)
@@ -332,6 +334,9 @@ class Trainer:
                    "samples_per_s": n_samples / max(time.time() - t0, 1e-9)}
             if epoch_done:
                 self.epoch += 1
+                epochs_here += 1
+                if cfg.stop_after_epochs and epochs_here >= cfg.stop_after_epochs:
+                    stop = True
             do_val = stop or (self.epoch % max(cfg.val_every, 1) == 0)
             if do_val and self.main:
                 row.update(self.validate())

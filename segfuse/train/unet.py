@@ -36,7 +36,9 @@ class UNet(nn.Module):
         self.down = nn.ModuleList([_block(nd, cin, cout) for cin, cout in zip([in_channels] + ch[:-1], ch)])
         self.up = nn.ModuleList([up(ch[i + 1], ch[i], 2, stride=2) for i in reversed(range(len(ch) - 1))])
         self.dec = nn.ModuleList([_block(nd, 2 * ch[i], ch[i]) for i in reversed(range(len(ch) - 1))])
-        self.heads = nn.ModuleList([conv(ch[i], num_classes, 1) for i in reversed(range(len(ch) - 1))])
+        # auxiliary heads only with deep supervision (unused parameters would stall DDP's reducer)
+        levels = list(reversed(range(len(ch) - 1))) if deep_supervision else [0]
+        self.heads = nn.ModuleList([conv(ch[i], num_classes, 1) for i in levels])
         self.output_strides = [2 ** i for i in reversed(range(len(ch) - 1))]
         self.divisor = 2 ** (len(ch) - 1)
 
@@ -47,10 +49,10 @@ class UNet(nn.Module):
             skips.append(x)
         x = skips.pop()
         outs = []
-        for up, dec, head in zip(self.up, self.dec, self.heads):
+        for k, (up, dec) in enumerate(zip(self.up, self.dec)):
             x = dec(torch.cat([up(x), skips.pop()], 1))
             if self.deep_supervision and self.training:
-                outs.append(head(x))
+                outs.append(self.heads[k](x))
         if self.deep_supervision and self.training:
             return outs
         return self.heads[-1](x)
