@@ -8,6 +8,8 @@ breaks) -> launchers in :mod:`.triton`; otherwise the eager reference with plain
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import List, Optional, Sequence
 
 import torch
@@ -263,7 +265,11 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
               sigmoid=bool(sigmoid), squared=bool(squared), batch=bool(batch),
               include_background=bool(include_background), smooth_nr=float(smooth_nr),
               smooth_dr=float(smooth_dr))
-    if not (use_triton(dev) and M <= MAX_TRITON_MAPS):
+    triton_path = use_triton(dev)
+    if triton_path and M > MAX_TRITON_MAPS:
+        warnings.warn(f"multi_logit_dice_ce: the fused kernels take at most {MAX_TRITON_MAPS} logit maps, got {M}; "
+                      "running the eager reference", RuntimeWarning, stacklevel=2)
+    if not (triton_path and M <= MAX_TRITON_MAPS):
         if validate:
             reference.check_reference_inputs(maps, target, C, sigmoid)
         return reference.multi_logit_dice_ce_reference(
