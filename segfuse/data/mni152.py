@@ -16,7 +16,7 @@ import tempfile
 import nibabel as nib
 import numpy as np
 
-from .nnunet import save_nifti, write_dataset_json
+from .nnunet import publish_dataset, save_nifti, write_dataset_json
 
 FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
          "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -72,12 +72,7 @@ def write_mni152_dataset(root: str) -> str:
         write_dataset_json(tmp, ["T1"], {"background": 0, "grey_matter": 1, "white_matter": 2}, 1,
                            name="mni152", description="MNI ICBM152 2009a sym T1 + GM/WM labels "
                            "(argmax of tissue probability maps), from the nilearn wheel")
-        if os.path.isfile(os.path.join(root, "dataset.json")):
-            shutil.rmtree(tmp)
-            return root
-        if os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
-        os.replace(tmp, root)
+        publish_dataset(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Dict, List, Optional
 
 import nibabel as nib
@@ -217,3 +218,15 @@ def save_nifti(path: str, array: np.ndarray, affine: np.ndarray, header=None, dt
     tmp = os.path.join(d, f".tmp-{os.getpid()}-{name}")
     nib.save(img, tmp)
     os.replace(tmp, path)
+
+
+def publish_dataset(tmp: str, root: str) -> str:
+    """Move a fully written dataset folder ``tmp`` to ``root`` in one rename (readers never see a half
+    dataset); if another process published ``root`` first, keep theirs and drop ``tmp``."""
+    if os.path.isfile(os.path.join(root, "dataset.json")):
+        shutil.rmtree(tmp)
+        return root
+    if os.path.isdir(root) and not os.listdir(root):
+        os.rmdir(root)
+    os.replace(tmp, root)
+    return root

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .nnunet import save_nifti, write_dataset_json
+from .nnunet import publish_dataset, save_nifti, write_dataset_json
 
 # name: (relative radius range (fraction of body size), mean HU)
 ORGANS: Dict[str, Tuple[Tuple[float, float], float]] = {
@@ -122,12 +122,7 @@ def write_synthetic_dataset(root: str, num_train: int = 16, num_test: int = 4, d
         labels = {"background": 0, **{n: k for k, n in enumerate(ORGANS, start=1)}}
         write_dataset_json(tmp, ["CT"], labels, num_train, name=f"synthetic{dims}d_seed{seed}",
                            description="segfuse multi-organ phantoms (deterministic by seed)")
-        if os.path.isfile(os.path.join(root, "dataset.json")):  # another process won the race
-            shutil.rmtree(tmp)
-            return root
-        if os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
-        os.replace(tmp, root)
+        publish_dataset(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
