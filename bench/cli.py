@@ -49,12 +49,18 @@ def run(args) -> int:
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; `segfuse bench --list` shows the names")
     traffic_rows, time_rows = [], []
+    copy_gbs = None
+    if not interpreted:
+        from .measure import copy_bandwidth_gbs
+
+        copy_gbs = copy_bandwidth_gbs()
+        print(f"device copy bandwidth: {copy_gbs:,.0f} GB/s (read + write)", file=sys.stderr)
     for name in names:
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         if interpreted:
             traffic_rows += measure_traffic(cases[name])
         else:
-            time_rows += measure_time(cases[name])
+            time_rows += measure_time(cases[name], copy_gbs=copy_gbs)
     out_dir = report.write_results(args.out, traffic_rows, time_rows, interpreted)
     print(report.traffic_table(traffic_rows, interpreted) if traffic_rows else report.time_table(time_rows))
     if args.aot:

@@ -46,25 +46,24 @@ def measure_traffic(case: BenchCase, dtype=torch.float32) -> list:
     return rows
 
 
-def measure_time(case: BenchCase, dtype=torch.bfloat16) -> list:
-    """CUDA only: median/p20/p80 ms of fwd, bwd, fwd+bwd for Triton, eager and torch.compile(eager)."""
+def measure_time(case: BenchCase, dtype=torch.bfloat16, copy_gbs: float | None = None) -> list:
+    """CUDA only: median/p20/p80 ms of fwd and fwd+bwd for Triton, eager and torch.compile(eager), and the
+    achieved GB/s against the analytic minimum bytes (and as % of the measured copy bandwidth)."""
     import triton
 
     p = case.build(1.0, torch.device("cuda"), dtype)
-    providers = {"triton": (p.fused_fwd, p.fused_bwd), "eager": (p.eager_fwd, p.eager_bwd)}
-    compiled_fwd = torch.compile(p.eager_fwd)
-    providers["torch.compile"] = (compiled_fwd, p.eager_bwd)
+    providers = {"triton": (p.fused_fwd, p.fused_bwd, "auto"), "eager": (p.eager_fwd, p.eager_bwd, "reference"),
+                 "torch.compile": (torch.compile(p.eager_fwd), p.eager_bwd, "reference")}
     rows = []
-    for name, (fwd, bwd) in providers.items():
-        def run_bwd():
-            out = fwd()
-            torch.cuda.synchronize()
-            return out
-
-        for mode, fn in (("fwd", lambda: fwd()), ("fwd+bwd", lambda: bwd(fwd()))):
-            with force_backend("reference" if name != "triton" else "auto"):
+    for name, (fwd, bwd, backend) in providers.items():
+        for mode, fn, nbytes in (("fwd", lambda: fwd(), p.min_bytes_fwd),
+                                 ("fwd+bwd", lambda: bwd(fwd()), p.min_bytes_fwd + p.min_bytes_bwd)):
+            with force_backend(backend):
                 q = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
-            rows.append(dict(case=case.name, provider=name, mode=mode, ms_p50=q[0], ms_p20=q[1], ms_p80=q[2]))
+            gbs = nbytes / q[0] / 1e6 if p.has_floor else float("nan")
+            rows.append(dict(case=case.name, provider=name, mode=mode, ms_p50=q[0], ms_p20=q[1], ms_p80=q[2],
+                             min_bytes=nbytes, achieved_gbs=gbs,
+                             pct_of_copy=100 * gbs / copy_gbs if copy_gbs else float("nan")))
     return rows
 
 
