@@ -30,8 +30,10 @@ def compile_one(fn, spec: dict, arch: str) -> dict:
         triton.knobs.nvidia.dump_ptxas_log = True
         triton.knobs.compilation.always_compile = True  # a cache hit would skip ptxas and its report
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(src, target=GPUTarget("cuda", TARGETS[arch], 32),
-                                      options={"num_warps": spec.get("num_warps", 4)})
+            options = {"num_warps": spec.get("num_warps", 4)}
+            if spec.get("maxnreg"):
+                options["maxnreg"] = spec["maxnreg"]
+            compiled = triton.compile(src, target=GPUTarget("cuda", TARGETS[arch], 32), options=options)
     text = log.getvalue()
     regs = re.search(r"Used (\d+) registers", text)
     spill_st = re.search(r"(\d+) bytes spill stores", text)

@@ -28,6 +28,9 @@ import triton.language as tl
 from .._registry import register_device_function, register_kernel
 
 BLOCK_2D = (32, 64, 16)  # BLOCK_H, BLOCK_W, num_warps (4 outputs per thread: no spills at K=9)
+# an explicit register budget: without one ptxas may squeeze to 64-96 registers (more blocks per SM) and spill
+# (seen on sm_80 in bf16/fp16); 128 is the most 512 threads can have, 3D blocks (128 threads) may use 255
+MAXNREG = {2: 128, 3: 255}
 BLOCK_3D = (16, 32, 4)
 MAX_D_PER_PROG = 32
 
@@ -39,31 +42,13 @@ def _between(i, hi):
     return (i >= 0) & (i < hi)
 
 
+@register_device_function
 @triton.jit
-def _dwconv_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
-    C_sub, c_off, D, H, W,
-    sxn, sxc, sxd, sxh, sxw,
-    syn, syc, syd, syh, syw,
-    w_row, n_tiles_w, d_per_prog,
-    K: tl.constexpr, KD: tl.constexpr, KMAX: tl.constexpr, W_OFF: tl.constexpr, WD_OFF: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-):
-    pid_nc = tl.program_id(0)
-    pid_hw = tl.program_id(1)
-    pid_d = tl.program_id(2)
-    n = pid_nc // C_sub
-    c = c_off + pid_nc % C_sub
-    offs_h = (pid_hw // n_tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]  # [BH, 1]
-    offs_w = (pid_hw % n_tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]  # [1, BW]
-    x_base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
-    y_base = y_ptr + n.to(tl.int64) * syn + c.to(tl.int64) * syc
-    w_base = w_ptr + c * w_row
-    out_hw = (offs_h < H) & (offs_w < W)
-    col0 = offs_h * 0  # [BH, 1] zeros: scalar conditions join masks as tensors (interpreter-safe)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + c).to(tl.float32)
+def _fwd_tile(x_base, w_base, y_base, bias, offs_h, offs_w, col0, out_hw, pid_d, d_per_prog, D, H, W,
+              sxd, sxh, sxw, syd, syh, syw,
+              K: tl.constexpr, KD: tl.constexpr, KMAX: tl.constexpr, W_OFF: tl.constexpr, WD_OFF: tl.constexpr,
+              BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """One program's output tile, for a K x K (x K) kernel centred in the packed K_max grid."""
     for dd in range(0, d_per_prog):
         d = pid_d * d_per_prog + dd
         acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
@@ -83,38 +68,53 @@ def _dwconv_fwd_kernel(
                     acc += xv * wv
         acc += bias
         tl.store(y_base + d.to(tl.int64) * syd + offs_h * syh + offs_w * syw,
-                 acc.to(y_ptr.dtype.element_ty), mask=out_hw & _between(col0 + d, D))
+                 acc.to(y_base.dtype.element_ty), mask=out_hw & _between(col0 + d, D))
 
 
 @triton.jit
-def _dwconv_bwd_kernel(
-    gy_ptr, x_ptr, w_ptr, gx_ptr, part_ptr,
-    N, C_sub, c_off, D, H, W,
-    sgn, sgc, sgd, sgh, sgw,
+def _dwconv_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    C, CG, D, H, W,
     sxn, sxc, sxd, sxh, sxw,
-    sdn, sdc, sdd, sdh, sdw,
-    w_row, n_tiles_w, n_tiles_hw, n_dchunks, d_per_prog, part_row,
-    K: tl.constexpr, KD: tl.constexpr, KMAX: tl.constexpr, W_OFF: tl.constexpr, WD_OFF: tl.constexpr,
+    syn, syc, syd, syh, syw,
+    w_row, n_tiles_w, d_per_prog,
+    KS: tl.constexpr, G: tl.constexpr, KMAX: tl.constexpr, IS_3D: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
+    """All channel groups in one launch: channel c belongs to group c // CG, whose kernel size is
+    KS[group] (a constexpr branch per group, so each group's tap loops are specialised)."""
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     pid_d = tl.program_id(2)
-    n = pid_nc // C_sub
-    c_loc = pid_nc % C_sub
-    c = c_off + c_loc
-    offs_h = (pid_hw // n_tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    offs_w = (pid_hw % n_tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    g_base = gy_ptr + n.to(tl.int64) * sgn + c.to(tl.int64) * sgc
+    n = pid_nc // C
+    c = pid_nc % C
+    g = c // CG
+    offs_h = (pid_hw // n_tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]  # [BH, 1]
+    offs_w = (pid_hw % n_tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]  # [1, BW]
     x_base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
-    gx_base = gx_ptr + n.to(tl.int64) * sdn + c.to(tl.int64) * sdc
+    y_base = y_ptr + n.to(tl.int64) * syn + c.to(tl.int64) * syc
     w_base = w_ptr + c * w_row
-    in_hw = (offs_h < H) & (offs_w < W)
-    col0 = offs_h * 0
-    # this program's row of per-program partials: [K^d weight taps, bias]
-    row = ((c_loc * N + n) * n_tiles_hw + pid_hw) * n_dchunks + pid_d
-    p_base = part_ptr + row.to(tl.int64) * part_row
+    out_hw = (offs_h < H) & (offs_w < W)
+    col0 = offs_h * 0  # [BH, 1] zeros: scalar conditions join masks as tensors (interpreter-safe)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c).to(tl.float32)
+    for gi in tl.static_range(G):
+        if g == gi:
+            K: tl.constexpr = KS[gi]
+            _fwd_tile(x_base, w_base, y_base, bias, offs_h, offs_w, col0, out_hw, pid_d, d_per_prog, D, H, W,
+                      sxd, sxh, sxw, syd, syh, syw,
+                      K=K, KD=K if IS_3D else 1, KMAX=KMAX, W_OFF=(KMAX - K) // 2,
+                      WD_OFF=(KMAX - K) // 2 if IS_3D else 0, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)
 
+
+@register_device_function
+@triton.jit
+def _bwd_tile(g_base, x_base, w_base, gx_base, p_base, offs_h, offs_w, col0, in_hw, pid_d, d_per_prog,
+              D, H, W, sgd, sgh, sgw, sxd, sxh, sxw, sdd, sdh, sdw, BIAS_COL,
+              K: tl.constexpr, KD: tl.constexpr, KMAX: tl.constexpr, W_OFF: tl.constexpr, WD_OFF: tl.constexpr,
+              HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """One program's grad_x tile and its partial sums of grad_w (K^d taps) and grad_b."""
     # grad_x = correlation of grad_y with the flipped kernel
     for dd in range(0, d_per_prog):
         d = pid_d * d_per_prog + dd
@@ -134,7 +134,7 @@ def _dwconv_bwd_kernel(
                     wv = tl.load(w_d + (W_OFF + kh) * KMAX + (W_OFF + kw)).to(tl.float32)
                     acc += gv * wv
         tl.store(gx_base + d.to(tl.int64) * sdd + offs_h * sdh + offs_w * sdw,
-                 acc.to(gx_ptr.dtype.element_ty), mask=in_hw & _between(col0 + d, D))
+                 acc.to(gx_base.dtype.element_ty), mask=in_hw & _between(col0 + d, D))
 
     # grad_w partial: for each tap, sum over this program's voxels of grad_y * shifted x
     for kd in range(KD):
@@ -160,21 +160,53 @@ def _dwconv_bwd_kernel(
             d = pid_d * d_per_prog + dd
             acc += tl.load(g_base + d.to(tl.int64) * sgd + offs_h * sgh + offs_w * sgw,
                            mask=in_hw & _between(col0 + d, D), other=0.0).to(tl.float32)
-        tl.store(p_base + KD * K * K, tl.sum(tl.sum(acc, axis=1), axis=0))
+        tl.store(p_base + BIAS_COL, tl.sum(tl.sum(acc, axis=1), axis=0))
 
 
 @triton.jit
-def _dwconv_wgrad_reduce_kernel(
-    part_ptr, gw_ptr, gb_ptr,
-    n_rows, part_row, c_off, w_row,
-    K: tl.constexpr, KD: tl.constexpr, KMAX: tl.constexpr, W_OFF: tl.constexpr, WD_OFF: tl.constexpr,
-    ROW: tl.constexpr, ROW_P2: tl.constexpr, BLOCK_R: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _dwconv_bwd_kernel(
+    gy_ptr, x_ptr, w_ptr, gx_ptr, part_ptr,
+    N, C, CG, D, H, W,
+    sgn, sgc, sgd, sgh, sgw,
+    sxn, sxc, sxd, sxh, sxw,
+    sdn, sdc, sdd, sdh, sdw,
+    w_row, n_tiles_w, n_tiles_hw, n_dchunks, d_per_prog,
+    KS: tl.constexpr, G: tl.constexpr, KMAX: tl.constexpr, IS_3D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Stage 2 of the weight-gradient reduction: one program per channel sums its partial rows in a
-    fixed order and writes the whole packed ``K_max^d`` weight-gradient row (zeros outside the
-    group's window) and the bias gradient, in the output dtypes."""
-    c_loc = tl.program_id(0)
-    c = c_off + c_loc
+    """Fused backward, all channel groups in one launch. Partial row layout: ``[group taps (k^d), ...,
+    bias at column w_row]``, one row per program, ``part[C, N * tiles * depth chunks, w_row + 1]``."""
+    pid_nc = tl.program_id(0)
+    pid_hw = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    n = pid_nc // C
+    c = pid_nc % C
+    g = c // CG
+    offs_h = (pid_hw // n_tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+    offs_w = (pid_hw % n_tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    g_base = gy_ptr + n.to(tl.int64) * sgn + c.to(tl.int64) * sgc
+    x_base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
+    gx_base = gx_ptr + n.to(tl.int64) * sdn + c.to(tl.int64) * sdc
+    w_base = w_ptr + c * w_row
+    in_hw = (offs_h < H) & (offs_w < W)
+    col0 = offs_h * 0
+    row = ((c * N + n) * n_tiles_hw + pid_hw) * n_dchunks + pid_d
+    p_base = part_ptr + row.to(tl.int64) * (w_row + 1)
+    for gi in tl.static_range(G):
+        if g == gi:
+            K: tl.constexpr = KS[gi]
+            _bwd_tile(g_base, x_base, w_base, gx_base, p_base, offs_h, offs_w, col0, in_hw, pid_d, d_per_prog,
+                      D, H, W, sgd, sgh, sgw, sxd, sxh, sxw, sdd, sdh, sdw, w_row,
+                      K=K, KD=K if IS_3D else 1, KMAX=KMAX, W_OFF=(KMAX - K) // 2,
+                      WD_OFF=(KMAX - K) // 2 if IS_3D else 0, HAS_BIAS=HAS_BIAS, BLOCK_H=BLOCK_H,
+                      BLOCK_W=BLOCK_W)
+
+
+@register_device_function
+@triton.jit
+def _reduce_row(base, gw_row_ptr, gb_ptr, c, n_rows, part_row,
+                K: tl.constexpr, KD: tl.constexpr, KMAX: tl.constexpr, W_OFF: tl.constexpr, WD_OFF: tl.constexpr,
+                ROW: tl.constexpr, ROW_P2: tl.constexpr, BLOCK_R: tl.constexpr, HAS_BIAS: tl.constexpr):
     j = tl.arange(0, ROW_P2)[None, :]  # destination index in the packed K_max^d row
     jd = j // (KMAX * KMAX)
     jh = (j // KMAX) % KMAX
@@ -182,17 +214,38 @@ def _dwconv_wgrad_reduce_kernel(
     inside = (j < ROW) & (jd >= WD_OFF) & (jd < WD_OFF + KD) & (jh >= W_OFF) & (jh < W_OFF + K) \
         & (jw >= W_OFF) & (jw < W_OFF + K)
     src = ((jd - WD_OFF) * K + (jh - W_OFF)) * K + (jw - W_OFF)  # tap index in this group's partials
-    base = part_ptr + c_loc.to(tl.int64) * n_rows * part_row
     acc = tl.zeros([BLOCK_R, ROW_P2], dtype=tl.float32)
     bacc = tl.zeros([BLOCK_R, 1], dtype=tl.float32)
     for r0 in range(0, n_rows, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)[:, None]
         acc += tl.load(base + r * part_row + src, mask=(r < n_rows) & inside, other=0.0)
         if HAS_BIAS:
-            bacc += tl.load(base + r * part_row + KD * K * K, mask=r < n_rows, other=0.0)
-    tl.store(gw_ptr + c * w_row + j, tl.sum(acc, axis=0)[None, :].to(gw_ptr.dtype.element_ty), mask=j < ROW)
+            bacc += tl.load(base + r * part_row + ROW, mask=r < n_rows, other=0.0)
+    tl.store(gw_row_ptr + j, tl.sum(acc, axis=0)[None, :].to(gw_row_ptr.dtype.element_ty), mask=j < ROW)
     b = tl.sum(bacc, axis=0)  # [1]
     tl.store(gb_ptr + c + tl.arange(0, 1), b.to(gb_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _dwconv_wgrad_reduce_kernel(
+    part_ptr, gw_ptr, gb_ptr,
+    n_rows, CG,
+    KS: tl.constexpr, G: tl.constexpr, KMAX: tl.constexpr, IS_3D: tl.constexpr,
+    ROW: tl.constexpr, ROW_P2: tl.constexpr, BLOCK_R: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """Stage 2 of the weight-gradient reduction: one program per channel sums its partial rows in a
+    fixed order and writes the whole packed ``K_max^d`` weight-gradient row (zeros outside the
+    group's window) and the bias gradient, in the output dtypes."""
+    c = tl.program_id(0)
+    g = c // CG
+    base = part_ptr + c.to(tl.int64) * n_rows * (ROW + 1)
+    for gi in tl.static_range(G):
+        if g == gi:
+            K: tl.constexpr = KS[gi]
+            _reduce_row(base, gw_ptr + c * ROW, gb_ptr, c, n_rows, ROW + 1,
+                        K=K, KD=K if IS_3D else 1, KMAX=KMAX, W_OFF=(KMAX - K) // 2,
+                        WD_OFF=(KMAX - K) // 2 if IS_3D else 0, ROW=ROW, ROW_P2=ROW_P2, BLOCK_R=BLOCK_R,
+                        HAS_BIAS=HAS_BIAS)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -235,28 +288,25 @@ def _tiling(d: int, D: int, H: int, W: int):
 
 def dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                group_kernel_sizes: Sequence[int]) -> torch.Tensor:
-    """``y[N, C, *S]`` from ``x[N, C, *S]``, packed ``weight[C, K^d]``, ``bias[C]`` or None."""
+    """``y[N, C, *S]`` from ``x[N, C, *S]``, packed ``weight[C, K^d]``, ``bias[C]`` or None. One launch."""
     d, C, G, K = _check_launch(x, weight, bias, group_kernel_sizes)
     y = torch.empty_like(x)
     (N, _, D, H, W), sx = _geometry(x)
     _, sy = _geometry(y)
     bh, bw, warps, dpp, nth, ntw, ndc = _tiling(d, D, H, W)
-    cg = C // G
-    for g, k in enumerate(group_kernel_sizes):
-        _dwconv_fwd_kernel[(N * cg, nth * ntw, ndc)](
-            x, weight, bias if bias is not None else weight, y,
-            cg, g * cg, D, H, W, *sx, *sy,
-            weight.shape[1], ntw, dpp,
-            K=k, KD=k if d == 3 else 1, KMAX=K, W_OFF=(K - k) // 2, WD_OFF=(K - k) // 2 if d == 3 else 0,
-            HAS_BIAS=bias is not None, BLOCK_H=bh, BLOCK_W=bw, num_warps=warps)
+    _dwconv_fwd_kernel[(N * C, nth * ntw, ndc)](
+        x, weight, bias if bias is not None else weight, y,
+        C, C // G, D, H, W, *sx, *sy, weight.shape[1], ntw, dpp,
+        KS=tuple(int(k) for k in group_kernel_sizes), G=G, KMAX=K, IS_3D=d == 3,
+        HAS_BIAS=bias is not None, BLOCK_H=bh, BLOCK_W=bw, num_warps=warps, maxnreg=MAXNREG[d])
     return y
 
 
 def dwconv_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                group_kernel_sizes: Sequence[int], has_bias: bool):
     """``(grad_x, grad_weight[C, K^d], grad_bias[C])``; grad_weight is 0 outside each group's window,
-    grad_bias is 0 when ``has_bias`` is False. Two launches per kernel group: the fused backward and the
-    fixed-order stage-2 reduction of its per-program partials."""
+    grad_bias is 0 when ``has_bias`` is False. Two launches: the fused backward and the fixed-order
+    stage-2 reduction of its per-program partials."""
     d, C, G, K = _check_launch(x, weight, None, group_kernel_sizes)
     if grad_y.shape != x.shape or grad_y.dtype != x.dtype or grad_y.device != x.device:
         raise ValueError(f"grad_y must match x (shape {tuple(x.shape)}, dtype {x.dtype}), got "
@@ -266,41 +316,46 @@ def dwconv_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     _, sg = _geometry(grad_y)
     _, sd = _geometry(gx)
     bh, bw, warps, dpp, nth, ntw, ndc = _tiling(d, D, H, W)
-    cg = C // G
+    row = weight.shape[1]
+    n_rows = N * nth * ntw * ndc
+    part = torch.empty(C, n_rows, row + 1, dtype=torch.float32, device=x.device)
     gw = torch.empty_like(weight)  # every element written by the stage-2 kernel
     gb = torch.empty(C, dtype=x.dtype, device=x.device)
-    n_rows = N * nth * ntw * ndc
-    row = weight.shape[1]
+    consts = dict(KS=tuple(int(k) for k in group_kernel_sizes), G=G, KMAX=K, IS_3D=d == 3, HAS_BIAS=has_bias)
+    _dwconv_bwd_kernel[(N * C, nth * ntw, ndc)](
+        grad_y, x, weight, gx, part,
+        N, C, C // G, D, H, W, *sg, *sx, *sd,
+        row, ntw, nth * ntw, ndc, dpp,
+        BLOCK_H=bh, BLOCK_W=bw, num_warps=warps, maxnreg=MAXNREG[d], **consts)
     row_p2 = triton.next_power_of_2(row)
-    for g, k in enumerate(group_kernel_sizes):
-        taps = k ** d
-        part = torch.empty(cg, n_rows, taps + 1, dtype=torch.float32, device=x.device)
-        consts = dict(K=k, KD=k if d == 3 else 1, KMAX=K, W_OFF=(K - k) // 2,
-                      WD_OFF=(K - k) // 2 if d == 3 else 0, HAS_BIAS=has_bias)
-        _dwconv_bwd_kernel[(N * cg, nth * ntw, ndc)](
-            grad_y, x, weight, gx, part,
-            N, cg, g * cg, D, H, W, *sg, *sx, *sd,
-            row, ntw, nth * ntw, ndc, dpp, taps + 1,
-            BLOCK_H=bh, BLOCK_W=bw, num_warps=warps, **consts)
-        _dwconv_wgrad_reduce_kernel[(cg,)](
-            part, gw, gb, n_rows, taps + 1, g * cg, row,
-            ROW=row, ROW_P2=row_p2, BLOCK_R=max(1, 4096 // row_p2), num_warps=4, **consts)
+    _dwconv_wgrad_reduce_kernel[(C,)](
+        part, gw, gb, n_rows, C // G,
+        ROW=row, ROW_P2=row_p2, BLOCK_R=max(1, 4096 // row_p2), num_warps=4, **consts)
     return gx, gw, gb
 
 
 # ----------------------------------------------------------------------------- compile registry
+def _cases():
+    """Representative specialisations: the released LMS groups (2D and 3D 3/5/7/9: four branches, K up
+    to 9) and the merged 2D DMK kernel (one group, K=7)."""
+    return (("2d_lms", 2, (3, 5, 7, 9)), ("2d_dmk", 2, (7,)), ("3d_lms", 3, (3, 5, 7, 9)))
+
+
+def _common_consts(d, ks):
+    return {"KS": ks, "G": len(ks), "KMAX": max(ks), "IS_3D": d == 3, "HAS_BIAS": True}
+
+
 def _fwd_specs(dtype: str) -> list:
     specs = []
-    # the largest kernel of each rank binds registers (smaller K unroll less); bench --aot builds more
-    for d, k, kmax in ((2, 9, 9), (3, 7, 7)):
+    for label, d, ks in _cases():
         bh, bw, warps = BLOCK_2D if d == 2 else BLOCK_3D
         sig = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-               "C_sub": "i32", "c_off": "i32", "D": "i32", "H": "i32", "W": "i32",
+               "C": "i32", "CG": "i32", "D": "i32", "H": "i32", "W": "i32",
                **{f"sx{a}": "i32" for a in "ncdhw"}, **{f"sy{a}": "i32" for a in "ncdhw"},
                "w_row": "i32", "n_tiles_w": "i32", "d_per_prog": "i32"}
-        const = {"K": k, "KD": k if d == 3 else 1, "KMAX": kmax, "W_OFF": (kmax - k) // 2,
-                 "WD_OFF": (kmax - k) // 2 if d == 3 else 0, "HAS_BIAS": True, "BLOCK_H": bh, "BLOCK_W": bw}
-        specs.append({"signature": sig, "constexprs": const, "num_warps": warps, "label": f"{d}d_k{k}"})
+        const = {**_common_consts(d, ks), "BLOCK_H": bh, "BLOCK_W": bw}
+        specs.append({"signature": sig, "constexprs": const, "num_warps": warps, "maxnreg": MAXNREG[d],
+                      "label": label})
     return specs
 
 
@@ -308,25 +363,22 @@ def _bwd_specs(dtype: str) -> list:
     specs = []
     for fwd in _fwd_specs(dtype):
         sig = {"gy_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "gx_ptr": f"*{dtype}",
-               "part_ptr": "*fp32", "N": "i32", "C_sub": "i32", "c_off": "i32", "D": "i32", "H": "i32",
+               "part_ptr": "*fp32", "N": "i32", "C": "i32", "CG": "i32", "D": "i32", "H": "i32",
                "W": "i32", **{f"sg{a}": "i32" for a in "ncdhw"}, **{f"sx{a}": "i32" for a in "ncdhw"},
                **{f"sd{a}": "i32" for a in "ncdhw"}, "w_row": "i32", "n_tiles_w": "i32",
-               "n_tiles_hw": "i32", "n_dchunks": "i32", "d_per_prog": "i32", "part_row": "i32"}
+               "n_tiles_hw": "i32", "n_dchunks": "i32", "d_per_prog": "i32"}
         specs.append({**fwd, "signature": sig})
     return specs
 
 
 def _reduce_specs(dtype: str) -> list:
     specs = []
-    for fwd in _fwd_specs(dtype):
-        c = fwd["constexprs"]
-        row = c["KMAX"] ** (3 if c["KD"] > 1 else 2)
+    for label, d, ks in _cases():
+        row = max(ks) ** d
         row_p2 = 1 << (row - 1).bit_length()
-        sig = {"part_ptr": "*fp32", "gw_ptr": f"*{dtype}", "gb_ptr": f"*{dtype}", "n_rows": "i32",
-               "part_row": "i32", "c_off": "i32", "w_row": "i32"}
-        const = {k: c[k] for k in ("K", "KD", "KMAX", "W_OFF", "WD_OFF", "HAS_BIAS")}
-        const.update(ROW=row, ROW_P2=row_p2, BLOCK_R=max(1, 4096 // row_p2))
-        specs.append({"signature": sig, "constexprs": const, "num_warps": 4, "label": fwd["label"]})
+        sig = {"part_ptr": "*fp32", "gw_ptr": f"*{dtype}", "gb_ptr": f"*{dtype}", "n_rows": "i32", "CG": "i32"}
+        const = {**_common_consts(d, ks), "ROW": row, "ROW_P2": row_p2, "BLOCK_R": max(1, 4096 // row_p2)}
+        specs.append({"signature": sig, "constexprs": const, "num_warps": 4, "label": label})
     return specs
 
 
