@@ -209,11 +209,13 @@ class AtenTraffic(TorchDispatchMode):
 
     def __enter__(self):
         # the interpreter stages kernel arguments through host copies that a GPU launch never makes:
-        # ops issued while it runs a kernel are not counted
+        # ops issued while it runs a kernel are not counted. Re-entrant: our own ops re-enter this mode
+        # (see __torch_dispatch__), so only the outermost enter/exit patches and restores.
         import sys
 
+        self._depth = getattr(self, "_depth", 0) + 1
         interp = sys.modules.get("triton.runtime.interpreter")
-        if interp is not None and self._saved_call is None:
+        if self._depth == 1 and interp is not None:
             saved = self._saved_call = interp.GridExecutor.__call__
             me = self
 
@@ -229,9 +231,9 @@ class AtenTraffic(TorchDispatchMode):
         return super().__enter__()
 
     def __exit__(self, *exc):
-        if self._saved_call is not None and getattr(self, "_patched", None) is not None:
-            if self._patched.GridExecutor.__call__ is not self._saved_call:
-                self._patched.GridExecutor.__call__ = self._saved_call
+        self._depth -= 1
+        if self._depth == 0 and self._saved_call is not None:
+            self._patched.GridExecutor.__call__ = self._saved_call
             self._saved_call = None
             self._patched = None
         return super().__exit__(*exc)

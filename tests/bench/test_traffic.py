@@ -70,3 +70,16 @@ def test_dwconv_per_program_traffic_within_target(case, monkeypatch):
     assert both["triton_per_program"] / both["min_bytes"] < 1.5
     assert both["eager_bytes"] / both["min_bytes"] > 3.0  # eager: separate convs and adds
     assert both["triton_distinct"] <= both["triton_per_program"] <= both["triton_total"]
+
+
+def test_counters_nest_across_several_registered_ops():
+    """Our ops re-enter the dispatch counter; every launch after the first must still be seen, and the
+    interpreter's host staging copies must stay out of the glue count."""
+    from segfuse.kernels import MultiKernelDWConv
+
+    m = MultiKernelDWConv(2, 2, (3,), bias=False)
+    x = torch.randn(1, 2, 5, 6)
+    with AtenTraffic() as glue, InterpreterTraffic() as kern:
+        m(m(m(x)))
+    assert kern.result.launches == 3
+    assert not [name for name, _ in glue.ops if name == "copy_"], glue.ops
