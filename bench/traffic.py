@@ -24,6 +24,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from segfuse.kernels._dispatch import interpreter_enabled
+
 
 @dataclasses.dataclass
 class Traffic:
@@ -211,11 +213,11 @@ class AtenTraffic(TorchDispatchMode):
         # the interpreter stages kernel arguments through host copies that a GPU launch never makes:
         # ops issued while it runs a kernel are not counted. Re-entrant: our own ops re-enter this mode
         # (see __torch_dispatch__), so only the outermost enter/exit patches and restores.
-        import sys
-
         self._depth = getattr(self, "_depth", 0) + 1
-        interp = sys.modules.get("triton.runtime.interpreter")
-        if self._depth == 1 and interp is not None:
+        interp = None
+        if self._depth == 1 and interpreter_enabled():
+            from triton.runtime import interpreter as interp
+        if interp is not None:
             saved = self._saved_call = interp.GridExecutor.__call__
             me = self
 
