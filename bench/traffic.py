@@ -208,12 +208,14 @@ class AtenTraffic(TorchDispatchMode):
         self.ops: List[tuple] = []
         self._in_interpreter = False
         self._saved_call = None
+        self._patched = None
+        self._depth = 0  # our own ops re-enter this mode
 
     def __enter__(self):
         # the interpreter stages kernel arguments through host copies that a GPU launch never makes:
         # ops issued while it runs a kernel are not counted. Re-entrant: our own ops re-enter this mode
         # (see __torch_dispatch__), so only the outermost enter/exit patches and restores.
-        self._depth = getattr(self, "_depth", 0) + 1
+        self._depth += 1
         interp = None
         if self._depth == 1 and interpreter_enabled():
             from triton.runtime import interpreter as interp

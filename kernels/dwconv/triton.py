@@ -9,17 +9,18 @@ of ``d_per_prog`` depth slices. The halo (``K - 1`` rows/columns) is re-read fro
 traffic per program is ``(BH + K - 1)(BW + K - 1) / (BH BW)`` of the tile (1.10 for K=3 up to 1.41 for
 K=9 at 32x64), and in 3D the depth halo is paid once per run of slices.
 
-Grouped mode launches one specialisation per kernel size (constexpr ``K``) over that group's
-channel range; summed mode is one launch with the merged kernel.
+All channel groups run in one launch: channel c belongs to group ``c // CG`` and a constexpr branch
+per group specialises the tap loops to that group's kernel size (summed mode: one group, the merged
+kernel).
 
-Backward is one fused kernel per group: it reads ``grad_y`` and ``x`` tiles once (per program) and
-writes ``grad_x`` plus per-program partial sums of ``grad_w`` (``K^d`` taps) and ``grad_b``.
-The partials are summed over programs in a fixed order (``torch.sum`` over one axis) — a
+Backward is one fused launch: it reads ``grad_y`` and ``x`` tiles once (per program) and writes
+``grad_x`` plus per-program partial sums of ``grad_w`` (``K^d`` taps) and ``grad_b``; a second
+launch sums the partials over programs in a fixed order into the packed weight-gradient rows — a
 deterministic two-stage reduction, no float atomics: the same inputs give bit-identical gradients.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import triton

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_tensor, look_up_option
+from .._checks import check_tensor, look_up_option
 from .._dispatch import use_triton
 from . import reference
 from .reference import OPS, WEIGHT_MODES, attn_rows, concat_rows, num_supervised_maps, subsets, upsample_to

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -21,7 +21,6 @@ element offset from map 0 (all maps share dtype, shape and device), so no stacki
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
