@@ -48,7 +48,7 @@ def compile_one(fn, spec: dict, arch: str) -> dict:
 
 def compile_by_name(kernel: str, dtype: str, index: int, arch: str) -> dict:
     """Build the ``index``-th specialisation of a registered kernel (picklable: for process pools)."""
-    from segfuse.kernels._registry import all_kernels
+    from segfuse.kernels.registry import all_kernels
 
     ks = all_kernels()[kernel]
     spec = ks.specs(dtype)[index]
@@ -58,7 +58,7 @@ def compile_by_name(kernel: str, dtype: str, index: int, arch: str) -> dict:
 
 def build_list(kernels=None, dtypes=None, archs=tuple(TARGETS)):
     """Every (kernel, dtype, spec index, arch) the registry asks for."""
-    from segfuse.kernels._registry import all_kernels
+    from segfuse.kernels.registry import all_kernels
 
     jobs = []
     for name, ks in sorted(all_kernels().items()):

@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from segfuse.kernels._dispatch import interpreter_enabled
+from segfuse.kernels.dispatch import interpreter_enabled
 
 
 @dataclasses.dataclass

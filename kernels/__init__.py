@@ -4,7 +4,7 @@ Dispatch (one rule for every op): CUDA tensors run Triton; CPU tensors run the e
 unless ``TRITON_INTERPRET=1`` is set before triton is imported, in which case the Triton kernels run
 in triton's interpreter. ``force_backend`` overrides the rule in a ``with`` block.
 """
-from ._dispatch import force_backend, interpreter_enabled, use_triton
+from .dispatch import force_backend, interpreter_enabled, use_triton
 from .dwconv import MultiKernelDWConv, multi_kernel_dwconv, multi_kernel_dwconv_reference
 
 __all__ = ["force_backend", "interpreter_enabled", "use_triton",

@@ -7,7 +7,7 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 
-from segfuse.kernels._checks import check_spatial_dims, look_up_option
+from segfuse.kernels.utils import check_spatial_dims, look_up_option
 from segfuse.kernels.multi_logit_loss import (OPS, attn_rows, concat_rows, map_names, multi_logit_dice_ce,
                                               num_supervised_maps, subsets)
 

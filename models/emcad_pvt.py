@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfuse.kernels._checks import check_spatial_dims, look_up_option
+from segfuse.kernels.utils import check_spatial_dims, look_up_option
 
 from .blocks.common import PAD_MODES, check_input, crop_to, pad_to_multiple, strided_size
 from .blocks.emcad import EMCADDecoder

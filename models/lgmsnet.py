@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from segfuse.kernels._checks import check_spatial_dims, look_up_option
+from segfuse.kernels.utils import check_spatial_dims, look_up_option
 
 from .blocks.common import (PAD_MODES, ConvNormAct, NormSpec, check_input, conv_type, crop_to, get_norm,
                             linear_mode, maxpool_type, pad_to_multiple, strided_size)

@@ -5,7 +5,7 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
-from segfuse.kernels._checks import look_up_option
+from segfuse.kernels.utils import look_up_option
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 

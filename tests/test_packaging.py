@@ -19,7 +19,7 @@ def test_wheel_maps_top_level_folders_into_segfuse(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top <= {"segfuse", *[n.split("/")[0] for n in names if ".dist-info" in n]}, top
-    for must in ("segfuse/kernels/dwconv/triton.py", "segfuse/kernels/_dispatch.py", "segfuse/bench/traffic.py",
+    for must in ("segfuse/kernels/dwconv/triton.py", "segfuse/kernels/dispatch.py", "segfuse/bench/traffic.py",
                  "segfuse/models/__init__.py", "segfuse/losses/__init__.py", "segfuse/cli.py"):
         assert must in names, f"{must} missing from the wheel"
     entry = [n for n in names if n.endswith("entry_points.txt")]

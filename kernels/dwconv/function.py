@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_odd_sizes, check_same, check_tensor, look_up_option
-from .._dispatch import use_triton
+from ..utils import check_odd_sizes, check_same, check_tensor, look_up_option
+from ..dispatch import use_triton
 from . import reference
 
 MODES = ("grouped", "summed")

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .._checks import check_odd_sizes, check_spatial_dims, look_up_option
+from ..utils import check_odd_sizes, check_spatial_dims, look_up_option
 from .function import MODES, multi_kernel_dwconv
 
 

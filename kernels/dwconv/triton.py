@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._registry import register_device_function, register_kernel
+from ..registry import register_device_function, register_kernel
 
 BLOCK_2D = (32, 64, 16)  # BLOCK_H, BLOCK_W, num_warps (4 outputs per thread: no spills at K=9)
 # an explicit register budget: without one ptxas may squeeze to 64-96 registers (more blocks per SM) and spill

@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .._checks import check_tensor, look_up_option
-from .._dispatch import use_triton
+from ..utils import check_tensor, look_up_option
+from ..dispatch import use_triton
 from . import reference
 from .reference import OPS, WEIGHT_MODES, attn_rows, concat_rows, num_supervised_maps, subsets, upsample_to
 

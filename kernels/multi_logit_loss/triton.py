@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._registry import register_device_function, register_kernel
+from ..registry import register_device_function, register_kernel
 from .reference import OPS, attn_rows, concat_rows, subsets
 
 MAX_MAPS = 5

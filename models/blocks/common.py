@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfuse.kernels._checks import check_spatial_dims, look_up_option
+from segfuse.kernels.utils import check_spatial_dims, look_up_option
 
 NormSpec = Union[str, Tuple[str, dict]]
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from segfuse.kernels import MultiKernelDWConv
-from segfuse.kernels._checks import look_up_option
+from segfuse.kernels.utils import look_up_option
 
 from .common import channel_shuffle, conv_type, get_act, get_norm
 

@@ -13,7 +13,7 @@ import pytest
 triton = pytest.importorskip("triton")
 
 from segfuse.bench.aot import TARGETS, compile_all  # noqa: E402
-from segfuse.kernels._registry import OP_MODULES, all_kernels, is_device_function  # noqa: E402
+from segfuse.kernels.registry import OP_MODULES, all_kernels, is_device_function  # noqa: E402
 
 JIT_TYPES = (triton.runtime.JITFunction, triton.runtime.interpreter.InterpretedFunction)
 KERNEL_ROOT = pathlib.Path(importlib.import_module("segfuse.kernels").__file__).parent
