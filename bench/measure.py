@@ -5,7 +5,7 @@ import torch
 
 from segfuse.kernels import force_backend
 
-from .cases import BenchCase
+from .cases import BenchCase, Problem
 from .traffic import AtenTraffic, InterpreterTraffic
 
 
@@ -46,20 +46,70 @@ def measure_traffic(case: BenchCase, dtype=torch.float32) -> list:
     return rows
 
 
-def measure_time(case: BenchCase, dtype=torch.bfloat16, copy_gbs: float | None = None) -> list:
-    """CUDA only: median/p20/p80 ms of fwd and fwd+bwd for Triton, eager and torch.compile(eager), and the
-    achieved GB/s against the analytic minimum bytes (and as % of the measured copy bandwidth)."""
+TIMING_DTYPE = torch.bfloat16
+TIMING_MODES = ("fwd", "fwd+bwd")
+TIMING_PROVIDERS = ("segfuse", "eager", "torch.compile")
+
+
+def build_for_timing(case: BenchCase, dtype=TIMING_DTYPE) -> Problem:
+    """The problem every timing runs: the paper size (scale 1.0) on the current CUDA device."""
+    return case.build(1.0, torch.device("cuda"), dtype)
+
+
+def timing_providers(p: Problem) -> dict:
+    """The provider table every timing compares (``measure_time``, ``tests/bench/test_timings.py``):
+    ``{name: (fwd, bwd, backend)}`` in ``TIMING_PROVIDERS`` order; run the steps inside
+    ``force_backend(backend)``.
+
+    * ``segfuse``: the fused path (Triton kernels on CUDA, "auto" dispatch).
+    * ``eager``: the eager PyTorch reference (every op on ``force_backend("reference")``).
+    * ``torch.compile``: ``torch.compile`` of the eager forward (backward through the compiled graph);
+      ``dynamic=False`` so a second case of the same shape class gets its own static graph instead
+      of an automatically dynamic one. Compiled on its first call (keep that out of the timing).
+    """
+    return {"segfuse": (p.fused_fwd, p.fused_bwd, "auto"),
+            "eager": (p.eager_fwd, p.eager_bwd, "reference"),
+            "torch.compile": (torch.compile(p.eager_fwd, dynamic=False), p.eager_bwd, "reference")}
+
+
+def timing_step(fwd, bwd, mode: str):
+    """The callable a timing of ``mode`` ("fwd" or "fwd+bwd") runs."""
+    if mode == "fwd":
+        return lambda: fwd()
+    if mode == "fwd+bwd":
+        return lambda: bwd(fwd())
+    raise ValueError(f"mode must be one of {TIMING_MODES}, got {mode!r}")
+
+
+def timing_min_bytes(p: Problem, mode: str) -> float:
+    """Analytic minimum bytes of ``mode`` (meaningful only where ``p.has_floor``)."""
+    return p.min_bytes_fwd if mode == "fwd" else p.min_bytes_fwd + p.min_bytes_bwd
+
+
+def measure_time(case: BenchCase, dtype=TIMING_DTYPE, copy_gbs: float | None = None,
+                 errors: list | None = None) -> list:
+    """CUDA only: median/p20/p80 ms of fwd and fwd+bwd for each provider of ``timing_providers``
+    (segfuse, eager, torch.compile(eager)), and the achieved GB/s against the analytic minimum bytes
+    (and as % of the measured copy bandwidth).
+
+    ``errors``: when a list is given, a provider/mode that raises is recorded there as
+    ``dict(case, provider, mode, error)`` and the other timings go on; otherwise the error propagates.
+    """
     import triton
 
-    p = case.build(1.0, torch.device("cuda"), dtype)
-    providers = {"triton": (p.fused_fwd, p.fused_bwd, "auto"), "eager": (p.eager_fwd, p.eager_bwd, "reference"),
-                 "torch.compile": (torch.compile(p.eager_fwd), p.eager_bwd, "reference")}
+    p = build_for_timing(case, dtype)
     rows = []
-    for name, (fwd, bwd, backend) in providers.items():
-        for mode, fn, nbytes in (("fwd", lambda: fwd(), p.min_bytes_fwd),
-                                 ("fwd+bwd", lambda: bwd(fwd()), p.min_bytes_fwd + p.min_bytes_bwd)):
-            with force_backend(backend):
-                q = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+    for name, (fwd, bwd, backend) in timing_providers(p).items():
+        for mode in TIMING_MODES:
+            fn, nbytes = timing_step(fwd, bwd, mode), timing_min_bytes(p, mode)
+            try:
+                with force_backend(backend):
+                    q = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+            except Exception as exc:  # noqa: BLE001 - recorded for the report when asked to
+                if errors is None:
+                    raise
+                errors.append(dict(case=case.name, provider=name, mode=mode, error=f"{type(exc).__name__}: {exc}"))
+                continue
             gbs = nbytes / q[0] / 1e6 if p.has_floor else float("nan")
             rows.append(dict(case=case.name, provider=name, mode=mode, ms_p50=q[0], ms_p20=q[1], ms_p80=q[2],
                              min_bytes=nbytes, achieved_gbs=gbs,

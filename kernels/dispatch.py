@@ -6,6 +6,11 @@
   exercise them on machines without a GPU).
 * ``force_backend("reference" | "triton")`` overrides the rule inside a ``with`` block (tests and
   benchmarks compare the two paths through the same model code this way).
+
+Launch settings (tile sizes, warps, program counts) follow the device too: CUDA tensors get the GPU
+settings, interpreted CPU tensors the interpreter's (where an op keeps any of its own: few, long
+programs). ``force_launch_settings("gpu")`` makes interpreted launches use the GPU settings, so the
+tests exercise on CPU every specialisation a GPU runs.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import threading
 import torch
 
 _BACKENDS = ("auto", "reference", "triton")
+_LAUNCH_SETTINGS = ("auto", "gpu", "interpreter")
+DEFAULT_SM_COUNT = 132  # H100 SXM: what GPU launch settings assume for a CPU tensor
 _state = threading.local()
 
 
@@ -62,3 +69,31 @@ def use_triton(device: torch.device) -> bool:
                                "before triton is imported")
         return triton_available()
     return False
+
+
+@contextlib.contextmanager
+def force_launch_settings(kind: str):
+    """Launch the kernels in the block with ``"gpu"`` or ``"interpreter"`` settings (``"auto"``: by device)."""
+    if kind not in _LAUNCH_SETTINGS:
+        raise ValueError(f"launch settings must be one of {_LAUNCH_SETTINGS}, got {kind!r}")
+    previous = getattr(_state, "launch", "auto")
+    _state.launch = kind
+    try:
+        yield
+    finally:
+        _state.launch = previous
+
+
+def gpu_launch_settings(device: torch.device) -> bool:
+    """Whether launchers should use their GPU tile sizes / program counts for tensors on ``device``."""
+    kind = getattr(_state, "launch", "auto")
+    if kind != "auto":
+        return kind == "gpu"
+    return device.type == "cuda"
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (``DEFAULT_SM_COUNT`` for a non-CUDA tensor)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_SM_COUNT

@@ -9,7 +9,7 @@ from torch import nn
 
 from segfuse.kernels.utils import check_spatial_dims, look_up_option
 from segfuse.kernels.multi_logit_loss import (OPS, attn_rows, concat_rows, map_names, multi_logit_dice_ce,
-                                              num_supervised_maps, subsets)
+                                              num_supervised_maps, subsets, transform_weights)
 
 _WEIGHT_MODES = {"free": "softplus", "normalized": "normalized"}
 _CONCAT_MODES = ("learned", "random")
@@ -136,7 +136,6 @@ class LoMixLoss(nn.Module):
     @torch.no_grad()
     def weights(self) -> torch.Tensor:
         """The effective per-map weights ``(T,)`` (softplus, normalised if so configured)."""
-        from segfuse.kernels.multi_logit_loss.reference import transform_weights
         return transform_weights(self.raw_weights.float(), _WEIGHT_MODES[self.weight_mode])
 
     def interpret(self) -> Dict[str, float]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfuse.kernels.utils import check_spatial_dims, look_up_option
+from segfuse.kernels.utils import batch_norm_type, check_spatial_dims, conv_type, linear_mode, look_up_option
 
 from .blocks.common import PAD_MODES, check_input, crop_to, pad_to_multiple, strided_size
 from .blocks.emcad import EMCADDecoder
@@ -20,7 +20,7 @@ def build_timm_encoder(name: str = "pvt_v2_b2", weights_path: Optional[str] = No
     """``timm.create_model(name, features_only=True)`` with random weights, or weights read from a local
     file (an original whai362 ``pvt_v2_b2.pth`` or a timm state dict; timm remaps the keys). Never
     downloads anything."""
-    from segfuse._compat import import_timm
+    from segfuse.compat import import_timm
 
     timm = import_timm()
     if weights_path is None:
@@ -80,10 +80,11 @@ class EMCADPVT(nn.Module):
         for name, v in (("in_channels", in_channels), ("num_classes", num_classes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"EMCADPVT: {name} must be a positive int, got {v!r}")
-        self.spatial_dims, self.in_channels, self.num_classes = 2, in_channels, num_classes
+        d = self.spatial_dims = 2
+        self.in_channels, self.num_classes = in_channels, num_classes
         self.deep_supervision = bool(deep_supervision)
         self.pad_mode = look_up_option("pad_mode", pad_mode, PAD_MODES)
-        self.adapter = (nn.Sequential(nn.Conv2d(in_channels, 3, 1), nn.BatchNorm2d(3), nn.ReLU())
+        self.adapter = (nn.Sequential(conv_type(d)(in_channels, 3, 1), batch_norm_type(d)(3), nn.ReLU())
                         if in_channels != 3 else nn.Identity())
         if encoder_module is not None:
             if weights_path is not None:
@@ -97,14 +98,14 @@ class EMCADPVT(nn.Module):
             self.encoder = build_timm_encoder(encoder, weights_path, drop_path_rate)
             enc_ch = tuple(self.encoder.feature_info.channels())
         dec_ch = enc_ch[::-1]
-        self.decoder = EMCADDecoder(2, dec_ch, kernel_sizes, expansion_factor, lgag_ks, activation, mscb_mode)
+        self.decoder = EMCADDecoder(d, dec_ch, kernel_sizes, expansion_factor, lgag_ks, activation, mscb_mode)
         n_heads = 4 if self.deep_supervision else 1
-        self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in dec_ch[4 - n_heads:])
+        self.heads = nn.ModuleList(conv_type(d)(c, num_classes, 1) for c in dec_ch[4 - n_heads:])
 
     def forward(self, x: torch.Tensor):
         """``x (N, in_channels, H, W)`` -> logits ``(N, num_classes, H, W)``, or in training mode with deep
         supervision ``[p4, p3, p2, p1]`` at native 1/32 .. 1/4 resolution."""
-        check_input(x, 2, self.in_channels, "EMCADPVT")
+        check_input(x, self.spatial_dims, self.in_channels, "EMCADPVT")
         size = tuple(x.shape[2:])
         x = pad_to_multiple(self.adapter(x), self.size_multiple, self.pad_mode)
         x1, x2, x3, x4 = self.encoder(x)
@@ -112,7 +113,8 @@ class EMCADPVT(nn.Module):
         if self.deep_supervision and self.training:
             return [crop_to(h(d), strided_size(size, s)) for h, d, s in zip(self.heads, dec, self.output_strides)]
         p1 = self.heads[-1](dec[-1])
-        return crop_to(F.interpolate(p1, scale_factor=4, mode="bilinear", align_corners=False), size)
+        return crop_to(F.interpolate(p1, scale_factor=4, mode=linear_mode(self.spatial_dims), align_corners=False),
+                       size)
 
 
 @register_model("emcad_pvt_v2_b2")

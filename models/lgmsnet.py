@@ -6,10 +6,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from segfuse.kernels.utils import check_spatial_dims, look_up_option
+from segfuse.kernels.utils import check_spatial_dims, conv_type, linear_mode, look_up_option, maxpool_type
 
-from .blocks.common import (PAD_MODES, ConvNormAct, NormSpec, check_input, conv_type, crop_to, get_norm,
-                            linear_mode, maxpool_type, pad_to_multiple, strided_size)
+from .blocks.common import (PAD_MODES, ConvNormAct, NormSpec, check_input, crop_to, get_norm, pad_to_multiple,
+                            strided_size)
 from .blocks.gms import GMSBlock
 from .blocks.lms import LMSBlock
 from .registry import register_model

@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("segfuse.train.cli", "train a segmentation model"),
     "predict": ("segfuse.predict_cli", "predict label maps for NIfTI images"),
     "evaluate": ("segfuse.evaluate_cli", "per-class Dice and HD95 of predictions against labels"),
+    "check-gpu": ("segfuse.check_gpu", "on a CUDA machine: the GPU test tier and the timed bench, in one report"),
 }
 
 
@@ -21,7 +22,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="segfuse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, add_help=False)  # -h/--help goes to the full parser below
         p.set_defaults(_module=module)
     args, _ = parser.parse_known_args(argv)
     mod = importlib.import_module(args._module)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segfuse.kernels.utils import upsample_to
+
 
 def gaussian_importance(patch: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
     """``[*patch]`` float32 weights, max 1, floor 1e-3 (so borders still count where nothing overlaps)."""
@@ -44,8 +46,7 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(out, (list, tuple)):
         out = out[-1]
     if tuple(out.shape[2:]) != tuple(x.shape[2:]):
-        out = F.interpolate(out.float(), size=x.shape[2:], mode="bilinear" if x.ndim == 4 else "trilinear",
-                            align_corners=False)
+        out = upsample_to(out.float(), x.shape[2:])
     return out
 
 

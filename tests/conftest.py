@@ -1,5 +1,7 @@
-"""Suite-wide set-up: Triton's interpreter on (before any kernel module is imported) and
-NaN-poisoned allocations around every test, so an unwritten output element fails its test."""
+"""Suite-wide set-up: Triton's interpreter on (before any kernel module is imported),
+NaN-poisoned allocations around every test, so an unwritten output element fails its test, and,
+with the interpreter on, every test inside :class:`segfuse.sanitizer.MemorySanitizer`, so a kernel
+access outside the tensors passed to its launch fails it (``SEGFUSE_SANITIZE=0`` turns that off)."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # read when @triton.jit decorates: set it first
@@ -15,6 +17,19 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _poison_outputs():
     with nan_poisoned_allocations():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _sanitize():
+    from segfuse.kernels import interpreter_enabled
+
+    if not interpreter_enabled() or os.environ.get("SEGFUSE_SANITIZE", "1").lower() in ("0", "false", "off", "no"):
+        yield
+        return
+    from segfuse.sanitizer import MemorySanitizer  # lazy: triton is imported only when it enters
+
+    with MemorySanitizer():
         yield
 
 

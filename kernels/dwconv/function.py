@@ -1,9 +1,12 @@
 """Autograd Function, torch.library registration and functional API of the multi-kernel dwconv.
 
-Data path: ``multi_kernel_dwconv`` (validates, packs the per-kernel weights into one ``(C, K^d)``
-tensor with differentiable ops) -> ``MultiKernelDWConvFunction`` -> ``torch.ops.segfuse.dwconv_fwd``
-/ ``dwconv_bwd`` (registered custom ops with fake implementations, so ``torch.compile`` traces
-through without graph breaks) -> Triton launcher or the eager reference, by the dispatch rule.
+Data path (both backends): ``multi_kernel_dwconv`` -> :func:`_guard` (every argument check, once) ->
+packing of the per-kernel weights into one ``(C, K^d)`` tensor with differentiable ops ->
+``MultiKernelDWConvFunction`` -> ``torch.ops.segfuse.dwconv_fwd`` / ``dwconv_bwd`` (registered custom
+ops with fake implementations, so ``torch.compile`` traces through without graph breaks) -> dispatch:
+the Triton launchers (:mod:`.triton`) or the eager reference (:mod:`.reference`). The Function takes the
+backend from :func:`segfuse.kernels.use_triton` once, in the forward, and hands it to both ops, so the
+backward always runs on the forward's backend (also when it runs outside a ``force_backend`` block).
 
 Summed mode packs ``identity + sum_j pad(W_j)`` into one kernel (one pass over ``x``); because the
 packing is linear and differentiable, autograd hands each ``W_j`` the centre crop of the packed
@@ -16,7 +19,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..utils import check_odd_sizes, check_same, check_tensor, look_up_option
+from ..utils import (InputShapeError, InputTypeError, InputValueError, check_odd_sizes, check_same, check_shape,
+                     check_tensor, look_up_option)
 from ..dispatch import use_triton
 from . import reference
 
@@ -26,8 +30,8 @@ MODES = ("grouped", "summed")
 # ----------------------------------------------------------------------------- registered ops
 @torch.library.custom_op("segfuse::dwconv_fwd", mutates_args=())
 def _dwconv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                   group_kernel_sizes: List[int]) -> torch.Tensor:
-    if use_triton(x.device):
+                   group_kernel_sizes: List[int], backend: str) -> torch.Tensor:
+    if backend == "triton":
         from .triton import dwconv_fwd
         return dwconv_fwd(x, weight, bias, group_kernel_sizes)
     return reference.dwconv_packed_reference(x, weight, bias, group_kernel_sizes).contiguous(
@@ -35,15 +39,15 @@ def _dwconv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 
 @_dwconv_fwd_op.register_fake
-def _(x, weight, bias, group_kernel_sizes):
+def _(x, weight, bias, group_kernel_sizes, backend):
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("segfuse::dwconv_bwd", mutates_args=())
 def _dwconv_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                   group_kernel_sizes: List[int], has_bias: bool
+                   group_kernel_sizes: List[int], has_bias: bool, backend: str
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if use_triton(x.device):
+    if backend == "triton":
         from .triton import dwconv_bwd
         return dwconv_bwd(grad_y, x, weight, group_kernel_sizes, has_bias)
     gx, gw, gb = reference.dwconv_packed_reference_backward(grad_y, x, weight, group_kernel_sizes, has_bias)
@@ -51,7 +55,7 @@ def _dwconv_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 
 
 @_dwconv_bwd_op.register_fake
-def _(grad_y, x, weight, group_kernel_sizes, has_bias):
+def _(grad_y, x, weight, group_kernel_sizes, has_bias, backend):
     return (torch.empty_like(x), torch.empty_like(weight),
             torch.empty(x.shape[1], dtype=x.dtype, device=x.device))
 
@@ -72,12 +76,14 @@ class MultiKernelDWConvFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.group_kernel_sizes = list(group_kernel_sizes)
         ctx.has_bias = bias is not None
-        return torch.ops.segfuse.dwconv_fwd(x, weight, bias, list(group_kernel_sizes))
+        ctx.backend = "triton" if use_triton(x.device) else "reference"
+        return torch.ops.segfuse.dwconv_fwd(x, weight, bias, list(group_kernel_sizes), ctx.backend)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
-        gx, gw, gb = torch.ops.segfuse.dwconv_bwd(grad_y, x, weight, ctx.group_kernel_sizes, ctx.has_bias)
+        gx, gw, gb = torch.ops.segfuse.dwconv_bwd(grad_y, x, weight, ctx.group_kernel_sizes, ctx.has_bias,
+                                                 ctx.backend)
         return gx, gw, (gb if ctx.has_bias else None), None
 
 
@@ -133,19 +139,24 @@ def multi_kernel_dwconv(x: torch.Tensor, weights: Sequence[torch.Tensor], bias: 
         >>> multi_kernel_dwconv(x, ws).shape
         torch.Size([2, 8, 32, 32])
     """
+    mode = _guard(x, weights, bias, mode, identity)
+    packed, group_ks = pack_weights(weights, mode, identity, x.dim() - 2)
+    return MultiKernelDWConvFunction.apply(x, packed, bias, group_ks)
+
+
+def _guard(x, weights, bias, mode, identity) -> str:
+    """Every check of the public arguments, once (both backends); returns the mode."""
     mode = look_up_option("mode", mode, MODES)
-    check_tensor("x", x)
-    if x.dim() not in (4, 5):
-        raise ValueError(f"x must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape {tuple(x.shape)}")
+    check_tensor("x", x, ndim=(4, 5), layout_hint="(N, C, H, W) or (N, C, D, H, W)")
     d = x.dim() - 2
-    if isinstance(weights, torch.Tensor) or not len(weights):
-        raise TypeError("weights must be a non-empty list of tensors, one per kernel size")
+    if isinstance(weights, torch.Tensor) or not isinstance(weights, (list, tuple)) or not len(weights):
+        raise InputTypeError("weights must be a non-empty list of tensors, one per kernel size")
     C = x.shape[1]
     G = len(weights)
     if mode == "grouped" and C % G:
-        raise ValueError(f"x has {C} channels, not divisible by the {G} groups (one per kernel size)")
+        raise InputShapeError(f"x has {C} channels, not divisible by the {G} groups (one per kernel size)")
     if identity and mode != "summed":
-        raise ValueError("identity=True is only defined for mode='summed'")
+        raise InputValueError("identity=True is only defined for mode='summed'")
     expect_c = C // G if mode == "grouped" else C
     for j, w in enumerate(weights):
         name = f"weights[{j}]"
@@ -153,13 +164,9 @@ def multi_kernel_dwconv(x: torch.Tensor, weights: Sequence[torch.Tensor], bias: 
         check_same(name, w, "x", x)
         k = w.shape[-1]
         check_odd_sizes(f"{name} kernel size", [k])
-        if tuple(w.shape) != (expect_c, 1, *([k] * d)):
-            raise ValueError(f"{name} must have shape {(expect_c, 1, *([k] * d))} for {mode} mode with "
-                             f"x of shape {tuple(x.shape)}, got {tuple(w.shape)}")
+        check_shape(name, w, (expect_c, 1, *([k] * d)), f"for {mode} mode with x of shape {tuple(x.shape)}")
     if bias is not None:
         check_tensor("bias", bias)
         check_same("bias", bias, "x", x)
-        if tuple(bias.shape) != (C,):
-            raise ValueError(f"bias must have shape ({C},), got {tuple(bias.shape)}")
-    packed, group_ks = pack_weights(weights, mode, identity, d)
-    return MultiKernelDWConvFunction.apply(x, packed, bias, group_ks)
+        check_shape("bias", bias, (C,))
+    return mode

@@ -84,6 +84,8 @@ def _dwconv_fwd_kernel(
 ):
     """All channel groups in one launch: channel c belongs to group c // CG, whose kernel size is
     KS[group] (a constexpr branch per group, so each group's tap loops are specialised)."""
+    # x, y: (N, C, D, H, W) with strides sx*/sy* (2D: D = 1, depth stride 0); w: (C, w_row = KMAX^d)
+    # packed weights, contiguous; b: (C,) (unused without HAS_BIAS). Grid (N C, H tiles x W tiles, depth runs).
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     pid_d = tl.program_id(2)
@@ -177,6 +179,7 @@ def _dwconv_bwd_kernel(
 ):
     """Fused backward, all channel groups in one launch. Partial row layout: ``[group taps (k^d), ...,
     bias at column w_row]``, one row per program, ``part[C, N * tiles * depth chunks, w_row + 1]``."""
+    # gy, x, gx: (N, C, D, H, W) with strides sg*/sx*/sd*; w: (C, w_row) packed weights; part: fp32 rows above
     pid_nc = tl.program_id(0)
     pid_hw = tl.program_id(1)
     pid_d = tl.program_id(2)
@@ -237,6 +240,7 @@ def _dwconv_wgrad_reduce_kernel(
     """Stage 2 of the weight-gradient reduction: one program per channel sums its partial rows in a
     fixed order and writes the whole packed ``K_max^d`` weight-gradient row (zeros outside the
     group's window) and the bias gradient, in the output dtypes."""
+    # part: (C, n_rows, ROW + 1) fp32 partial rows; gw: (C, ROW) packed weight gradient; gb: (C,)
     c = tl.program_id(0)
     g = c // CG
     base = part_ptr + c.to(tl.int64) * n_rows * (ROW + 1)
@@ -259,26 +263,16 @@ def _geometry(x: torch.Tensor):
     return tuple(x.shape), tuple(x.stride())
 
 
-def _check_launch(x, weight, bias, group_kernel_sizes):
-    if x.dim() not in (4, 5):
-        raise ValueError(f"x must be 4-D or 5-D, got shape {tuple(x.shape)}")
-    d = x.dim() - 2
-    C = x.shape[1]
-    G = len(group_kernel_sizes)
-    if G == 0 or C % G:
-        raise ValueError(f"x has {C} channels, not divisible by {G} kernel groups")
-    K = max(group_kernel_sizes)
-    if any(k % 2 == 0 or k < 1 for k in group_kernel_sizes):
-        raise ValueError(f"group_kernel_sizes must be odd, got {list(group_kernel_sizes)}")
-    if tuple(weight.shape) != (C, K ** d):
-        raise ValueError(f"weight must have shape {(C, K ** d)}, got {tuple(weight.shape)}")
-    if weight.dtype != x.dtype or weight.device != x.device:
-        raise TypeError("weight must share dtype and device with x")
-    if bias is not None and (tuple(bias.shape) != (C,) or bias.dtype != x.dtype or bias.device != x.device):
-        raise ValueError(f"bias must be ({C},) with the dtype and device of x")
-    if not weight.is_contiguous():
-        raise ValueError("weight must be contiguous")
+def _launch_sizes(x: torch.Tensor, weight: torch.Tensor, group_kernel_sizes: Sequence[int]):
+    """(d, C, G, K) of a launch; the public API's input guard has checked the arguments."""
+    d, C, G, K = x.dim() - 2, x.shape[1], len(group_kernel_sizes), max(group_kernel_sizes)
+    assert C % G == 0 and tuple(weight.shape) == (C, K ** d) and weight.is_contiguous()
     return d, C, G, K
+
+
+def _strides(prefix: str, strides) -> dict:
+    """Keyword arguments ``{prefix}n .. {prefix}w`` of the five strides."""
+    return {prefix + axis: st for axis, st in zip("ncdhw", strides)}
 
 
 def _tiling(d: int, D: int, H: int, W: int):
@@ -290,15 +284,15 @@ def _tiling(d: int, D: int, H: int, W: int):
 def dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                group_kernel_sizes: Sequence[int]) -> torch.Tensor:
     """``y[N, C, *S]`` from ``x[N, C, *S]``, packed ``weight[C, K^d]``, ``bias[C]`` or None. One launch."""
-    d, C, G, K = _check_launch(x, weight, bias, group_kernel_sizes)
+    d, C, G, K = _launch_sizes(x, weight, group_kernel_sizes)
     y = torch.empty_like(x)
     (N, _, D, H, W), sx = _geometry(x)
     _, sy = _geometry(y)
     bh, bw, warps, dpp, nth, ntw, ndc = _tiling(d, D, H, W)
     _dwconv_fwd_kernel[(N * C, nth * ntw, ndc)](
-        x, weight, bias if bias is not None else weight, y,
-        C, C // G, D, H, W, *sx, *sy, weight.shape[1], ntw, dpp,
-        KS=tuple(int(k) for k in group_kernel_sizes), G=G, KMAX=K, IS_3D=d == 3,
+        x_ptr=x, w_ptr=weight, b_ptr=bias if bias is not None else weight, y_ptr=y,
+        C=C, CG=C // G, D=D, H=H, W=W, **_strides("sx", sx), **_strides("sy", sy), w_row=weight.shape[1],
+        n_tiles_w=ntw, d_per_prog=dpp, KS=tuple(int(k) for k in group_kernel_sizes), G=G, KMAX=K, IS_3D=d == 3,
         HAS_BIAS=bias is not None, BLOCK_H=bh, BLOCK_W=bw, num_warps=warps, maxnreg=MAXNREG[d])
     return y
 
@@ -308,10 +302,7 @@ def dwconv_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     """``(grad_x, grad_weight[C, K^d], grad_bias[C])``; grad_weight is 0 outside each group's window,
     grad_bias is 0 when ``has_bias`` is False. Two launches: the fused backward and the fixed-order
     stage-2 reduction of its per-program partials."""
-    d, C, G, K = _check_launch(x, weight, None, group_kernel_sizes)
-    if grad_y.shape != x.shape or grad_y.dtype != x.dtype or grad_y.device != x.device:
-        raise ValueError(f"grad_y must match x (shape {tuple(x.shape)}, dtype {x.dtype}), got "
-                         f"{tuple(grad_y.shape)} {grad_y.dtype}")
+    d, C, G, K = _launch_sizes(x, weight, group_kernel_sizes)
     gx = torch.empty_like(x)
     (N, _, D, H, W), sx = _geometry(x)
     _, sg = _geometry(grad_y)
@@ -324,65 +315,17 @@ def dwconv_bwd(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     gb = torch.empty(C, dtype=x.dtype, device=x.device)
     consts = dict(KS=tuple(int(k) for k in group_kernel_sizes), G=G, KMAX=K, IS_3D=d == 3, HAS_BIAS=has_bias)
     _dwconv_bwd_kernel[(N * C, nth * ntw, ndc)](
-        grad_y, x, weight, gx, part,
-        N, C, C // G, D, H, W, *sg, *sx, *sd,
-        row, ntw, nth * ntw, ndc, dpp,
+        gy_ptr=grad_y, x_ptr=x, w_ptr=weight, gx_ptr=gx, part_ptr=part,
+        N=N, C=C, CG=C // G, D=D, H=H, W=W, **_strides("sg", sg), **_strides("sx", sx), **_strides("sd", sd),
+        w_row=row, n_tiles_w=ntw, n_tiles_hw=nth * ntw, n_dchunks=ndc, d_per_prog=dpp,
         BLOCK_H=bh, BLOCK_W=bw, num_warps=warps, maxnreg=MAXNREG[d], **consts)
     row_p2 = triton.next_power_of_2(row)
     _dwconv_wgrad_reduce_kernel[(C,)](
-        part, gw, gb, n_rows, C // G,
+        part_ptr=part, gw_ptr=gw, gb_ptr=gb, n_rows=n_rows, CG=C // G,
         ROW=row, ROW_P2=row_p2, BLOCK_R=max(1, 4096 // row_p2), num_warps=4, **consts)
     return gx, gw, gb
 
 
-# ----------------------------------------------------------------------------- compile registry
-def _cases():
-    """Representative specialisations: the released LMS groups (2D and 3D 3/5/7/9: four branches, K up
-    to 9) and the merged 2D DMK kernel (one group, K=7)."""
-    return (("2d_lms", 2, (3, 5, 7, 9)), ("2d_dmk", 2, (7,)), ("3d_lms", 3, (3, 5, 7, 9)))
-
-
-def _common_consts(d, ks):
-    return {"KS": ks, "G": len(ks), "KMAX": max(ks), "IS_3D": d == 3, "HAS_BIAS": True}
-
-
-def _fwd_specs(dtype: str) -> list:
-    specs = []
-    for label, d, ks in _cases():
-        bh, bw, warps = BLOCK_2D if d == 2 else BLOCK_3D
-        sig = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "y_ptr": f"*{dtype}",
-               "C": "i32", "CG": "i32", "D": "i32", "H": "i32", "W": "i32",
-               **{f"sx{a}": "i32" for a in "ncdhw"}, **{f"sy{a}": "i32" for a in "ncdhw"},
-               "w_row": "i32", "n_tiles_w": "i32", "d_per_prog": "i32"}
-        const = {**_common_consts(d, ks), "BLOCK_H": bh, "BLOCK_W": bw}
-        specs.append({"signature": sig, "constexprs": const, "num_warps": warps, "maxnreg": MAXNREG[d],
-                      "label": label})
-    return specs
-
-
-def _bwd_specs(dtype: str) -> list:
-    specs = []
-    for fwd in _fwd_specs(dtype):
-        sig = {"gy_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "gx_ptr": f"*{dtype}",
-               "part_ptr": "*fp32", "N": "i32", "C": "i32", "CG": "i32", "D": "i32", "H": "i32",
-               "W": "i32", **{f"sg{a}": "i32" for a in "ncdhw"}, **{f"sx{a}": "i32" for a in "ncdhw"},
-               **{f"sd{a}": "i32" for a in "ncdhw"}, "w_row": "i32", "n_tiles_w": "i32",
-               "n_tiles_hw": "i32", "n_dchunks": "i32", "d_per_prog": "i32"}
-        specs.append({**fwd, "signature": sig})
-    return specs
-
-
-def _reduce_specs(dtype: str) -> list:
-    specs = []
-    for label, d, ks in _cases():
-        row = max(ks) ** d
-        row_p2 = 1 << (row - 1).bit_length()
-        sig = {"part_ptr": "*fp32", "gw_ptr": f"*{dtype}", "gb_ptr": f"*{dtype}", "n_rows": "i32", "CG": "i32"}
-        const = {**_common_consts(d, ks), "ROW": row, "ROW_P2": row_p2, "BLOCK_R": max(1, 4096 // row_p2)}
-        specs.append({"signature": sig, "constexprs": const, "num_warps": 4, "label": label})
-    return specs
-
-
-register_kernel("dwconv_fwd", _dwconv_fwd_kernel, _fwd_specs)
-register_kernel("dwconv_wgrad_reduce", _dwconv_wgrad_reduce_kernel, _reduce_specs)
-register_kernel("dwconv_bwd", _dwconv_bwd_kernel, _bwd_specs)
+register_kernel("dwconv_fwd", _dwconv_fwd_kernel)
+register_kernel("dwconv_wgrad_reduce", _dwconv_wgrad_reduce_kernel)
+register_kernel("dwconv_bwd", _dwconv_bwd_kernel)

@@ -26,6 +26,8 @@ from typing import List, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..utils import conv_fn, upsample_to
+
 OPS = ("add", "mul", "concat", "attention")
 WEIGHT_MODES = ("softplus", "normalized", "fixed")
 
@@ -66,14 +68,6 @@ def transform_weights(raw: torch.Tensor, weight_mode: str) -> torch.Tensor:
     return raw
 
 
-def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear (2D) / trilinear (3D) upsampling, ``align_corners=False``; identity at equal size."""
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    mode = "bilinear" if len(size) == 2 else "trilinear"
-    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
-
-
 def mix_maps(base: Sequence[torch.Tensor], ops: Sequence[str], concat_weight=None, concat_bias=None,
              attn_weight=None, attn_bias=None) -> List[torch.Tensor]:
     """The ``T`` supervised maps: the base maps, then every mutant (released LoMix semantics)."""
@@ -96,8 +90,7 @@ def mix_maps(base: Sequence[torch.Tensor], ops: Sequence[str], concat_weight=Non
                 C = xs[0].shape[1]
                 w = torch.cat([concat_weight[r0 + j] for j in range(len(S))], dim=1)  # (C, |S| C)
                 w = w.reshape(C, len(S) * C, *([1] * (xs[0].dim() - 2)))
-                conv = F.conv2d if xs[0].dim() == 4 else F.conv3d
-                y = conv(torch.cat(xs, dim=1), w, concat_bias[si])
+                y = conv_fn(xs[0].dim() - 2)(torch.cat(xs, dim=1), w, concat_bias[si])
             elif op == "attention":
                 s = len(S)
                 r0 = s * (s - 1) // 2 - 1
@@ -171,15 +164,72 @@ def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.
     return (loss, per_map) if return_per_map else loss
 
 
-def check_reference_inputs(logits: Sequence[torch.Tensor], target: torch.Tensor, num_classes: int,
-                           sigmoid: bool) -> None:
-    """The value checks the kernels do in-pass, done with torch ops on the reference path."""
+def count_bad_inputs(maps: Sequence[torch.Tensor], target: torch.Tensor, num_classes: int,
+                     sigmoid: bool) -> torch.Tensor:
+    """``(M + 1,)`` fp32: NaN/Inf count of each map, then the count of labels outside ``[0, num_classes)``
+    (``[0, 1]`` for a single sigmoid channel), as the kernels count them in pass 1."""
     hi = 2 if (sigmoid and num_classes == 1) else num_classes
-    if target.numel():
-        lo_v, hi_v = int(target.min()), int(target.max())
-        if lo_v < 0 or hi_v >= hi:
-            raise ValueError(f"target holds labels outside [0, {hi - 1}] (min {lo_v}, max {hi_v}); "
-                             f"num_classes is {num_classes}")
-    for i, x in enumerate(logits):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"logits[{i}] contains NaN or Inf")
+    counts = [(~torch.isfinite(x)).sum() for x in maps] + [((target < 0) | (target >= hi)).sum()]
+    return torch.stack(counts).float()
+
+
+def _loss_options(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("weight_mode", "ce_weight", "dice_weight", "sigmoid", "squared", "batch",
+                                "include_background", "smooth_nr", "smooth_dr")}
+
+
+def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg):
+    """The registered forward op on the reference path: ``(res, coef)`` in the kernels' layouts
+    (:mod:`.layout`). ``coef`` (the Dice chain coefficients of the Triton backward) is zeros: the reference
+    backward recomputes the forward instead."""
+    from .layout import ResultVector
+
+    M, T = len(maps), raw_weights.numel()
+    B, C = maps[0].shape[:2]
+    result = ResultVector(T, M)
+    base = mix_maps(maps, ops, cw, cb, aw, ab)
+    terms = [dice_ce_terms(z, target, sigmoid=cfg["sigmoid"], squared=cfg["squared"], batch=cfg["batch"],
+                           include_background=cfg["include_background"], smooth_nr=cfg["smooth_nr"],
+                           smooth_dr=cfg["smooth_dr"]) for z in base]
+    ce = torch.stack([t[0] for t in terms])
+    dice = torch.stack([t[1] for t in terms])
+    per_map = cfg["ce_weight"] * ce + cfg["dice_weight"] * dice
+    # the registered op runs below autograd: differentiate with torch.func
+    loss, vjp = torch.func.vjp(lambda raw: (transform_weights(raw, cfg["weight_mode"]) * per_map).sum(),
+                               raw_weights.float())
+    (dw,) = vjp(torch.ones_like(loss))
+    w = transform_weights(raw_weights.float(), cfg["weight_mode"])
+    n_ce = B * maps[0][0, 0].numel() * (C if cfg["sigmoid"] else 1)
+    res = torch.cat([loss.detach().reshape(1), per_map, ce, dice, dw, w.detach() * cfg["ce_weight"] / n_ce,
+                     count_bad_inputs(maps, target, C, cfg["sigmoid"])]).float()
+    assert res.numel() == result.size
+    coef = torch.zeros(1 if cfg["batch"] else B, 2, T, C, dtype=torch.float32, device=maps[0].device)
+    return res, coef
+
+
+def mll_backward_reference(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg):
+    """The registered backward op on the reference path: recompute the eager loss and differentiate it.
+    Returns ``(grads of the maps, grad raw_weights (T,) fp32, flat parameter gradient)`` (:mod:`.layout`)."""
+    from .layout import ParamGradLayout
+
+    M, C = len(maps), maps[0].shape[1]
+    present = [i for i, p in enumerate((cw, cb, aw, ab)) if p is not None]
+
+    def loss_of(maps, raw, present_params):
+        params = [None] * 4
+        for i, p in zip(present, present_params):
+            params[i] = p
+        return multi_logit_dice_ce_reference(list(maps), target, raw, ops=ops, concat_weight=params[0],
+                                             concat_bias=params[1], attn_weight=params[2], attn_bias=params[3],
+                                             **_loss_options(cfg))
+
+    # the registered op runs below autograd: differentiate with torch.func
+    loss, vjp = torch.func.vjp(loss_of, tuple(maps), raw_weights.float(),
+                               tuple((cw, cb, aw, ab)[i] for i in present))
+    g_maps, g_raw, g_present = vjp(grad_out.reshape(()).to(loss.dtype))
+    layout = ParamGradLayout(M, C)
+    flat = torch.zeros(layout.size, dtype=torch.float32, device=maps[0].device)
+    views = layout.split(flat)
+    for i, g in zip(present, g_present):
+        views[i].copy_(g.reshape(views[i].shape))
+    return list(g_maps), g_raw.float(), flat

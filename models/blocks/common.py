@@ -12,31 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfuse.kernels.utils import check_spatial_dims, look_up_option
+# every 2D/3D choice (conv / norm / pool class, interpolation mode) comes from segfuse.kernels.utils
+from segfuse.kernels.utils import batch_norm_type, conv_type, instance_norm_type, linear_mode, look_up_option
 
 NormSpec = Union[str, Tuple[str, dict]]
 
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
-_BATCH = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_INSTANCE = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
-_MAXPOOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
 NORMS = ("batch", "instance", "group")
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
-
-
-def conv_type(spatial_dims: int):
-    return _CONV[check_spatial_dims(spatial_dims)]
-
-
-def maxpool_type(spatial_dims: int):
-    return _MAXPOOL[check_spatial_dims(spatial_dims)]
-
-
-def linear_mode(spatial_dims: int) -> str:
-    """``"bilinear"`` (2D) or ``"trilinear"`` (3D)."""
-    return _LINEAR_MODE[check_spatial_dims(spatial_dims)]
 
 
 def get_act(name: str) -> nn.Module:
@@ -59,9 +42,9 @@ def get_norm(norm: NormSpec, spatial_dims: int, channels: int) -> nn.Module:
         raise TypeError(f"norm must be a name or a (name, kwargs) tuple, got {type(norm).__name__}")
     name = look_up_option("norm", name, NORMS)
     if name == "batch":
-        return _BATCH[spatial_dims](channels, **kwargs)
+        return batch_norm_type(spatial_dims)(channels, **kwargs)
     if name == "instance":
-        return _INSTANCE[spatial_dims](channels, **kwargs)
+        return instance_norm_type(spatial_dims)(channels, **kwargs)
     if "num_groups" not in kwargs:
         raise ValueError("norm ('group', kwargs) needs kwargs['num_groups']")
     return nn.GroupNorm(num_channels=channels, **kwargs)

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from segfuse.kernels import MultiKernelDWConv
-from segfuse.kernels.utils import look_up_option
+from segfuse.kernels.utils import batch_norm_type, conv_type, look_up_option
 
-from .common import channel_shuffle, conv_type, get_act, get_norm
+from .common import channel_shuffle, get_act, get_norm
 
 MSCB_MODES = ("faithful", "summed")
 
@@ -23,7 +23,7 @@ MSCB_MODES = ("faithful", "summed")
 def init_emcad_(module: nn.Module) -> None:
     """EMCAD's "normal" init: conv (and fused depthwise) weights N(0, 0.02), biases 0, BN 1/0."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+        if isinstance(m, (conv_type(2), conv_type(3))):
             nn.init.normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -32,7 +32,7 @@ def init_emcad_(module: nn.Module) -> None:
                 nn.init.normal_(w, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+        elif isinstance(m, (batch_norm_type(2), batch_norm_type(3))):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import ConvNormAct, NormSpec, conv_type, get_norm
+from segfuse.kernels.utils import conv_type
+
+from .common import ConvNormAct, NormSpec, get_norm
 
 
 class Attention(nn.Module):

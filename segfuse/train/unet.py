@@ -13,10 +13,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from segfuse.kernels.utils import (check_spatial_dims, conv_transpose_type, conv_type, instance_norm_type,
+                                   maxpool_type)
+
 
 def _block(nd, cin, cout):
-    conv = nn.Conv2d if nd == 2 else nn.Conv3d
-    norm = nn.InstanceNorm2d if nd == 2 else nn.InstanceNorm3d
+    conv = conv_type(nd)
+    norm = instance_norm_type(nd)
     return nn.Sequential(conv(cin, cout, 3, padding=1), norm(cout, affine=True), nn.LeakyReLU(0.01, True),
                          conv(cout, cout, 3, padding=1), norm(cout, affine=True), nn.LeakyReLU(0.01, True))
 
@@ -25,12 +28,10 @@ class UNet(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int,
                  channels: Sequence[int] = (16, 32, 64), deep_supervision: bool = False):
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-        nd = self.spatial_dims = spatial_dims
-        conv = nn.Conv2d if nd == 2 else nn.Conv3d
-        up = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
-        self.pool = nn.MaxPool2d(2) if nd == 2 else nn.MaxPool3d(2)
+        nd = self.spatial_dims = check_spatial_dims(spatial_dims)
+        conv = conv_type(nd)
+        up = conv_transpose_type(nd)
+        self.pool = maxpool_type(nd)(2)
         self.deep_supervision = deep_supervision
         ch = list(channels)
         self.down = nn.ModuleList([_block(nd, cin, cout) for cin, cout in zip([in_channels] + ch[:-1], ch)])

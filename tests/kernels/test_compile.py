@@ -1,6 +1,8 @@
-"""Every Triton kernel of the package compiles ahead of time for real GPUs (sm_80, sm_90a), for every
-dtype it supports, with zero register spills. The interpreter accepts code the compiler rejects;
-this test is the check that it is real GPU code. No GPU needed: triton's bundled ptxas builds cubins.
+"""Every Triton kernel build a GPU runs compiles ahead of time for real GPUs (sm_80, sm_90a) with zero
+register spills. The builds are captured from the ops' launch cases at the GPU launch settings (the
+signatures come from the real launch arguments), in fp32, fp16 and bf16. The interpreter accepts code
+the compiler rejects; this test is the check that it is real GPU code. No GPU needed: triton's bundled
+ptxas builds cubins.
 """
 import importlib
 import inspect
@@ -11,9 +13,11 @@ import re
 import pytest
 
 triton = pytest.importorskip("triton")
+import triton.runtime.interpreter  # noqa: E402,F401  (InterpretedFunction, also when the interpreter is off)
 
-from segfuse.bench.aot import TARGETS, compile_all  # noqa: E402
-from segfuse.kernels.registry import OP_MODULES, all_kernels, is_device_function  # noqa: E402
+from segfuse.bench.aot import TARGETS, build_list, compile_all  # noqa: E402
+from segfuse.kernels.registry import (ACTIVATION_DTYPES, OP_MODULES, all_kernels, is_device_function,  # noqa: E402
+                                      launch_cases)
 
 JIT_TYPES = (triton.runtime.JITFunction, triton.runtime.interpreter.InterpretedFunction)
 KERNEL_ROOT = pathlib.Path(importlib.import_module("segfuse.kernels").__file__).parent
@@ -34,14 +38,25 @@ def test_every_jit_function_is_registered():
                 assert obj in registered or is_device_function(obj), f"{module}.{name} is not registered"
 
 
+def test_every_kernel_has_launch_cases_in_every_dtype():
+    """The captured builds cover every registered kernel, for every activation dtype, and their
+    signatures are the launches' own (tuples of pointers for the loss maps, the labels' dtype)."""
+    rows = build_list()
+    assert {r["kernel"] for r in rows} == set(all_kernels())
+    for name in all_kernels():
+        dtypes = {d for r in rows if r["kernel"] == name for d in r["dtype"].split("/")}
+        assert dtypes == set(ACTIVATION_DTYPES), f"{name}: built for {sorted(dtypes)}"
+    stats = [r for r in rows if r["kernel"] == "mll_stats" and r["variant"].endswith("lomix-M4-C9-all-ops-uint8")]
+    assert stats and all(r["build"]["signature"]["maps"] == (f"*{r['dtype']}",) * 4 for r in stats)
+    assert all(r["build"]["signature"]["y_ptr"] == "*u8" for r in stats)
+    assert {c.op for c in launch_cases()} == {"dwconv", "multi_logit_loss"}
+
+
 def test_all_kernels_compile_for_sm80_and_sm90a_without_spills():
     rows = compile_all(workers=min(2, os.cpu_count() or 1))
     assert {r["arch"] for r in rows} == set(TARGETS)
-    names = {r["kernel"] for r in rows}
-    assert names == set(all_kernels())
-    for ks in all_kernels().values():
-        assert {r["dtype"] for r in rows if r["kernel"] == ks.name} == set(ks.dtypes)
-    report = "\n".join(f"{r['kernel']:<24}{r['variant']:<10}{r['dtype']:<6}{r['arch']:<8}regs {r['registers']:>3}  "
+    assert {r["kernel"] for r in rows} == set(all_kernels())
+    report = "\n".join(f"{r['kernel']:<22}{r['variant']:<44}{r['dtype']:<15}{r['arch']:<8}regs {r['registers']:>3}  "
                        f"spill {r['spill_bytes']:>4} B  smem {r['shared_bytes']:>6} B" for r in rows)
     print("\n" + report)
     spilled = [r for r in rows if r["spill_bytes"]]

@@ -7,26 +7,16 @@ import pytest
 import torch
 
 from segfuse.kernels import force_backend
-from segfuse.kernels.multi_logit_loss import (attn_rows, concat_rows, multi_logit_dice_ce, num_supervised_maps,
-                                              subsets)
-from segfuse.kernels.multi_logit_loss import triton as mll_triton
-from segfuse.testing import assert_verbose_allclose
+from segfuse.kernels.multi_logit_loss import multi_logit_dice_ce
+from segfuse.kernels.multi_logit_loss.specs import make_problem
+from segfuse.testing import assert_bitwise_equal, assert_verbose_allclose, cuda_marks
 
 LOMIX = dict(ce_weight=0.3, dice_weight=0.7, squared=True, batch=True, include_background=True)
 
 
 def _problem(M, B, C, sizes, target_size, ops, dtype=torch.float32, scale=1.0, label_dtype=torch.int64):
-    maps = [(torch.randn(B, C, *s) * scale).to(dtype).requires_grad_() for s in sizes]
-    y = torch.randint(0, C, (B, *target_size)).to(label_dtype)
-    T = num_supervised_maps(M, ops)
-    params = dict(raw_weights=(torch.randn(T) * 0.5).requires_grad_())
-    if "concat" in ops:
-        params["concat_weight"] = (torch.randn(concat_rows(M), C, C) * 0.3).requires_grad_()
-        params["concat_bias"] = (torch.randn(len(subsets(M)), C) * 0.1).requires_grad_()
-    if "attention" in ops:
-        params["attn_weight"] = (torch.randn(attn_rows(M), C) * 0.5).requires_grad_()
-        params["attn_bias"] = (torch.randn(attn_rows(M)) * 0.1).requires_grad_()
-    return maps, y, params
+    return make_problem(M, B, C, sizes, target_size, ops, dtype=dtype, label_dtype=label_dtype, scale=scale,
+                        seed=int(torch.randint(0, 2 ** 31, ()).item()))
 
 
 def _run(backend, maps, y, params, ops, **kw):
@@ -61,17 +51,27 @@ ALL = ("add", "mul", "concat", "attention")
                       smooth_nr=0.0, smooth_dr=1e-5), id="3d-M3-concat-attn-persample-nobg-plain"),
     pytest.param(5, 1, 3, (6, 5), ("add",), dict(weight_mode="normalized"), id="2d-M5-add-normalized"),
     pytest.param(3, 2, 3, (4, 5, 6), ("mul",), dict(weight_mode="fixed"), id="3d-M3-mul-fixed"),
+    pytest.param(6, 1, 2, (3, 4), ("add", "attention"), LOMIX, id="2d-M6-add-attn"),
+    pytest.param(8, 1, 2, (3, 3), ("mul",), dict(weight_mode="normalized"), id="2d-M8-mul-normalized"),
+    pytest.param(8, 2, 3, (2, 3, 3), (), dict(weight_mode="fixed", batch=False), id="3d-M8-deep-supervision"),
 ])
 def test_parity_with_reference(M, B, C, size, ops, kw):
     maps, y, params = _problem(M, B, C, [size] * M, size, ops)
     _compare(maps, y, params, ops, **kw)
 
 
-def test_multi_tile_multi_chunk_and_tails(monkeypatch):
-    """Small BLOCK so each program walks several tiles and the last tile is partial (3D, 2 maps)."""
-    monkeypatch.setattr(mll_triton, "BLOCK_INTERPRETER", 32)
+def test_multi_tile_multi_chunk_and_tails():
+    """Interpreter launch settings: two programs per sample, each walking several 128-voxel tiles, the last
+    one partial (3D, 2 maps, 210 voxels per sample)."""
     maps, y, params = _problem(2, 2, 3, [(5, 6, 7)] * 2, (5, 6, 7), ("mul",))
     _compare(maps, y, params, ("mul",), batch=False)
+
+
+def test_all_maps_reach_the_kernels_without_fallback(recwarn):
+    """No cap on the number of maps and no eager fallback warning (9 maps)."""
+    maps, y, params = _problem(9, 1, 2, [(2, 3)] * 9, (2, 3), ())
+    _compare(maps, y, params, (), weight_mode="fixed")
+    assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
 
 
 def test_mixed_resolution_upsampling():
@@ -144,7 +144,7 @@ def test_bad_shapes_raise():
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12), torch.randn(2, 3, 3, 5)], y, torch.zeros(2))
     with pytest.raises(ValueError, match="raw_weights must have shape"):
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12)] * 3, y, torch.zeros(2), ops=("add",))
-    with pytest.raises(TypeError, match="target must hold integer labels"):
+    with pytest.raises(TypeError, match="target must have dtype in \\(uint8"):
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12)], y.float(), torch.zeros(1))
     with pytest.raises(ValueError, match="ops must be one of"):
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12)] * 2, y, torch.zeros(3), ops=("ad",))
@@ -167,3 +167,34 @@ def test_torch_compile_fullgraph_no_graph_break():
         (g_e,) = torch.autograd.grad(want, [params["raw_weights"]])
     assert_verbose_allclose(got, want, atol=1e-6, rtol=1e-6, name="loss")
     assert_verbose_allclose(g_c, g_e, atol=1e-6, rtol=1e-6, name="grad raw_weights")
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=cuda_marks())])
+def test_torch_compile_fullgraph_cuda(device):
+    """The compiled Triton path on a GPU (inductor, fullgraph) matches the eager Triton path."""
+    maps, y, params = make_problem(4, 2, 9, [(40, 48)] * 4, (40, 48), ALL, device=device, label_dtype=torch.uint8)
+    kw = {k: v for k, v in params.items() if k != "raw_weights"}
+
+    def f(maps, y, w):
+        return multi_logit_dice_ce(maps, y, w, ops=ALL, **kw, **LOMIX)
+
+    compiled = torch.compile(f, fullgraph=True)
+    got, want = compiled(maps, y, params["raw_weights"]), f(maps, y, params["raw_weights"])
+    g_c = torch.autograd.grad(got, maps)
+    g_e = torch.autograd.grad(want, maps)
+    assert_verbose_allclose(got, want, atol=1e-5, rtol=1e-5, name="loss")
+    for i, (a, b) in enumerate(zip(g_c, g_e)):
+        assert_verbose_allclose(a, b, atol=1e-6, rtol=1e-5, name=f"grad logits[{i}]")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=cuda_marks())])
+def test_deterministic_bitwise_on_device(device, dtype):
+    """Many programs (B=4, 4 maps, 9 classes, 96x128 at the GPU settings): two runs, bitwise equal."""
+    maps, y, params = make_problem(4, 4, 9, [(96, 128)] * 4, (96, 128), ALL, dtype=dtype, device=device,
+                                   label_dtype=torch.uint8)
+    a = _run("triton", maps, y, params, ALL, **LOMIX)
+    b = _run("triton", maps, y, params, ALL, **LOMIX)
+    assert_bitwise_equal(a[0], b[0], "loss")
+    for i, (ga, gb) in enumerate(zip(a[2], b[2])):
+        assert_bitwise_equal(ga, gb, f"grad {i}")

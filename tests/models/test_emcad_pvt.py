@@ -42,7 +42,7 @@ def tiny_emcad(deep_supervision, **kw):
 
 def _timm_or_skip():
     """timm is a hard dependency: it must import (through the torchvision shim where needed)."""
-    from segfuse._compat import import_timm
+    from segfuse.compat import import_timm
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -1,8 +1,12 @@
 """Models and the three supervision modes give finite losses and gradients (eager path)."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segfuse.kernels import force_backend
+from segfuse.kernels.multi_logit_loss import OPS, map_names, num_supervised_maps
 from segfuse.train.factory import available_models, build_loss, build_model, loss_weights
 
 
@@ -19,9 +23,25 @@ def test_unet_losses_backward(supervision):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    if supervision == "lomix":
-        w = loss_weights(mod)
-        assert w and abs(sum(w.values()) - 1.0) < 1e-5 or all(v > 0 for v in w.values())
+    if supervision != "lomix":
+        assert loss_weights(mod) == {}  # fixed weights: nothing learned to report
+        return
+    # one entry per supervised map (M base maps + one per operator and subset), named and ordered as LoMix
+    names = map_names(num_maps, OPS)
+    n_subsets = 2 ** num_maps - num_maps - 1  # subsets of size >= 2
+    assert len(names) == num_supervised_maps(num_maps, OPS) == mod.raw_weights.numel() \
+        == num_maps + len(OPS) * n_subsets
+    # distinct raw weights (as after training) so that an off-by-one, a reordering or a different
+    # transform shows; the reported weight of map t is softplus(raw_t), computed here independently
+    with torch.no_grad():
+        mod.raw_weights.copy_(torch.linspace(-3.0, 2.0, mod.raw_weights.numel()))
+    w = loss_weights(mod)
+    assert list(w) == names
+    expected = F.softplus(mod.raw_weights.detach().double()).tolist()
+    for name, want in zip(names, expected):
+        got = w[name]
+        assert isinstance(got, float) and math.isfinite(got) and got > 0, (name, got)
+        assert got == pytest.approx(want, rel=1e-6), (name, got, want)
 
 
 def test_registered_2d_model_trains_one_step():

@@ -6,6 +6,8 @@ import importlib
 import sys
 import warnings
 
+__all__ = ["import_timm"]
+
 
 @contextlib.contextmanager
 def _tolerate_missing_torchvision_ops():

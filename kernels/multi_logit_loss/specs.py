@@ -1,0 +1,71 @@
+"""Launch cases of the fused multi-logit loss: the ways the package uses it, at small sizes.
+
+Each case builds seeded inputs and runs :func:`multi_logit_dice_ce` forward and backward, returning the
+loss, the per-map losses and every gradient. The compile check captures the kernel launches of each
+case at the GPU launch settings (one build per distinct signature); the interpreter tests run the same
+cases on both backends and compare them.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..registry import register_launch_cases
+from .function import multi_logit_dice_ce
+from .reference import attn_rows, concat_rows, num_supervised_maps, subsets
+
+
+def make_problem(M, B, C, sizes, target_size, ops, dtype=torch.float32, device="cpu", label_dtype=torch.int64,
+                 seed=0, scale=1.0, labels_hi=None):
+    """Seeded maps (leaf tensors), labels and mixing parameters (a dict of leaves, ``raw_weights`` first)."""
+    g = torch.Generator().manual_seed(seed)
+    maps = [(torch.randn(B, C, *s, generator=g) * scale).to(device=device, dtype=dtype).requires_grad_()
+            for s in sizes]
+    y = torch.randint(0, labels_hi or max(C, 2), (B, *target_size), generator=g).to(device=device, dtype=label_dtype)
+    T = num_supervised_maps(M, ops)
+    params = dict(raw_weights=torch.randn(T, generator=g) * 0.5)
+    if "concat" in ops:
+        params["concat_weight"] = torch.randn(concat_rows(M), C, C, generator=g) * 0.3
+        params["concat_bias"] = torch.randn(len(subsets(M)), C, generator=g) * 0.1
+    if "attention" in ops:
+        params["attn_weight"] = torch.randn(attn_rows(M), C, generator=g) * 0.5
+        params["attn_bias"] = torch.randn(attn_rows(M), generator=g) * 0.1
+    params = {k: v.to(device).requires_grad_() for k, v in params.items()}
+    return maps, y, params
+
+
+def run_problem(maps, y, params, ops, **kw):
+    """``(loss, per_map, grads of maps..., grads of params...)`` of one fused call."""
+    loss, per_map = multi_logit_dice_ce(maps, y, params["raw_weights"], ops=ops, return_per_map=True,
+                                        **{k: v for k, v in params.items() if k != "raw_weights"}, **kw)
+    grads = torch.autograd.grad(loss, list(maps) + list(params.values()))
+    return (loss, per_map, *grads)
+
+
+LOMIX = dict(ce_weight=0.3, dice_weight=0.7, squared=True, batch=True, include_background=True)
+ALL_OPS = ("add", "mul", "concat", "attention")
+
+# label: (M, B, C, map sizes, target size, ops, label dtype, loss options)
+CASES = {
+    "lomix-M4-C9-all-ops-uint8": (4, 2, 9, [(5, 7)] * 4, (5, 7), ALL_OPS, torch.uint8, LOMIX),
+    "lgmsnet-sigmoid-M2-C1": (2, 2, 1, [(9, 11)] * 2, (9, 11), ("add", "mul"), torch.int64,
+                              dict(sigmoid=True, squared=False, batch=False, ce_weight=0.5, dice_weight=1.0)),
+    "dice-ce-3d-M1-C4": (1, 2, 4, [(3, 5, 6)], (3, 5, 6), (), torch.int64,
+                         dict(weight_mode="fixed", ce_weight=1.0, dice_weight=1.0, squared=False, batch=False,
+                              include_background=False)),
+    "normalized-M6-C3-add-mul": (6, 1, 3, [(4, 5)] * 6, (4, 5), ("add", "mul"), torch.int64,
+                                 dict(weight_mode="normalized")),
+    "deep-M8-C2-add": (8, 1, 2, [(3, 5)] * 8, (3, 5), ("add",), torch.uint8, dict(weight_mode="softplus")),
+}
+
+
+def _case(label):
+    M, B, C, sizes, target, ops, label_dtype, kw = CASES[label]
+
+    def run(dtype, device):
+        maps, y, params = make_problem(M, B, C, sizes, target, ops, dtype=dtype, device=device,
+                                       label_dtype=label_dtype)
+        return run_problem(maps, y, params, ops, validate=False, **kw)
+    return run
+
+
+register_launch_cases("multi_logit_loss", {label: _case(label) for label in CASES})
