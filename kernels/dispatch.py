@@ -40,16 +40,21 @@ def triton_available() -> bool:
 
 
 @contextlib.contextmanager
-def force_backend(backend: str):
-    """Run the ops in the block on ``"reference"``, ``"triton"`` or ``"auto"`` (the rule above)."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    previous = getattr(_state, "backend", "auto")
-    _state.backend = backend
+def _override(field: str, value: str, allowed: tuple, what: str):
+    """Set the thread-local ``field`` to ``value`` inside the block."""
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+    previous = getattr(_state, field, "auto")
+    setattr(_state, field, value)
     try:
         yield
     finally:
-        _state.backend = previous
+        setattr(_state, field, previous)
+
+
+def force_backend(backend: str):
+    """Run the ops in the block on ``"reference"``, ``"triton"`` or ``"auto"`` (the rule above)."""
+    return _override("backend", backend, _BACKENDS, "backend")
 
 
 def current_backend() -> str:
@@ -71,17 +76,9 @@ def use_triton(device: torch.device) -> bool:
     return False
 
 
-@contextlib.contextmanager
 def force_launch_settings(kind: str):
     """Launch the kernels in the block with ``"gpu"`` or ``"interpreter"`` settings (``"auto"``: by device)."""
-    if kind not in _LAUNCH_SETTINGS:
-        raise ValueError(f"launch settings must be one of {_LAUNCH_SETTINGS}, got {kind!r}")
-    previous = getattr(_state, "launch", "auto")
-    _state.launch = kind
-    try:
-        yield
-    finally:
-        _state.launch = previous
+    return _override("launch", kind, _LAUNCH_SETTINGS, "launch settings")
 
 
 def gpu_launch_settings(device: torch.device) -> bool:

@@ -20,7 +20,8 @@ from typing import Callable, Dict, List
 
 # modules that define Triton kernels and launch cases; the compile test imports each of them
 OP_MODULES: List[str] = ["segfuse.kernels.dwconv.triton", "segfuse.kernels.dwconv.specs",
-                         "segfuse.kernels.multi_logit_loss.triton", "segfuse.kernels.multi_logit_loss.specs"]
+                         "segfuse.kernels.multi_logit_loss.mixing", "segfuse.kernels.multi_logit_loss.triton",
+                         "segfuse.kernels.multi_logit_loss.specs"]
 ACTIVATION_DTYPES = ("fp32", "fp16", "bf16")
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 

@@ -23,7 +23,7 @@ class LoMixLoss(nn.Module):
     The mutants are built inside the fused loss kernels per voxel tile and never written to memory.
 
     Args:
-        num_maps: M, number of decoder logit maps (2..5 on the Triton path; any on the reference path).
+        num_maps: M, number of decoder logit maps (any; ``T = M + len(operators) (2^M - 1 - M)`` supervised maps).
         num_classes: C.
         spatial_dims: 2 or 3.
         operators: subset of ``("add", "mul", "concat", "attention")`` in the order their maps are listed.
