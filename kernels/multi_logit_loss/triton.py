@@ -332,20 +332,23 @@ def _sizes(maps, raw_weights):
 
 def _grid(B: int, S: int, C_PAD: int, device):
     """(BLOCK, n_chunks, tiles_per_prog): a fixed budget of logits per tile; on a GPU ~4 programs per SM
-    (split between the samples), in the interpreter at most 2 programs per sample (few, long programs)."""
+    (split between the samples), in the interpreter one program per sample (it pays per operation, not
+    per program; and the per-program traffic figure of ``segfuse bench`` is then the whole sample's)."""
     block = max(16, TILE_ELEMENTS // C_PAD)
     n_tiles = triton.cdiv(S, block)
     if gpu_launch_settings(device):
         n_chunks = max(1, min(n_tiles, triton.cdiv(4 * sm_count(device), B)))
     else:
-        n_chunks = min(n_tiles, 2)
+        n_chunks = 1
     tiles_per_prog = triton.cdiv(n_tiles, n_chunks)
     return block, triton.cdiv(n_tiles, tiles_per_prog), tiles_per_prog
 
 
 def _params(cw, cb, aw, ab, device):
-    """The four mixing parameters; a 1-element placeholder for an operator not in use."""
-    dummy = torch.zeros(1, dtype=torch.float32, device=device)
+    """The four mixing parameters; a 1-element placeholder (never read) for an operator not in use."""
+    if all(t is not None for t in (cw, cb, aw, ab)):
+        return [cw, cb, aw, ab]
+    dummy = torch.empty(1, dtype=torch.float32, device=device)
     return [dummy if t is None else t for t in (cw, cb, aw, ab)]
 
 

@@ -6,7 +6,7 @@ the interpreter pays per op. Each case compares ``force_backend("triton")`` with
 import pytest
 import torch
 
-from segfuse.kernels import force_backend
+from segfuse.kernels import dispatch, force_backend, force_launch_settings
 from segfuse.kernels.multi_logit_loss import multi_logit_dice_ce
 from segfuse.kernels.multi_logit_loss.specs import make_problem
 from segfuse.testing import assert_bitwise_equal, assert_verbose_allclose, cuda_marks
@@ -60,11 +60,13 @@ def test_parity_with_reference(M, B, C, size, ops, kw):
     _compare(maps, y, params, ops, **kw)
 
 
-def test_multi_tile_multi_chunk_and_tails():
-    """Interpreter launch settings: two programs per sample, each walking several 128-voxel tiles, the last
-    one partial (3D, 2 maps, 210 voxels per sample)."""
+def test_multi_tile_multi_chunk_and_tails(monkeypatch):
+    """GPU launch settings on a 1-SM "device": two programs per sample (B=2), each walking several
+    64-voxel tiles, the last one partial (3D, 2 maps, 210 voxels per sample)."""
+    monkeypatch.setattr(dispatch, "DEFAULT_SM_COUNT", 1)
     maps, y, params = _problem(2, 2, 3, [(5, 6, 7)] * 2, (5, 6, 7), ("mul",))
-    _compare(maps, y, params, ("mul",), batch=False)
+    with force_launch_settings("gpu"):
+        _compare(maps, y, params, ("mul",), batch=False)
 
 
 def test_all_maps_reach_the_kernels_without_fallback(recwarn):
