@@ -1,4 +1,4 @@
-"""Public helpers of the kernels package: argument checks, the input guard every op calls once, and the
+"""Public helpers of the kernels package: the argument checks each op's input guard is built from, and the
 2D/3D choices (conv / norm / pool class, interpolation mode) that models, losses and references share.
 
 Exception kinds (one per kind of fault, each a subclass of the builtin a user already catches):
@@ -101,7 +101,7 @@ def look_up_option(name: str, value, options: Sequence[str]) -> str:
     raise InputValueError(f"{name} must be one of {tuple(options)}, got {value!r}{hint}")
 
 
-# ----------------------------------------------------------------------------- the input guard
+# ----------------------------------------------------------------------------- relations between arguments
 def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, dtype: bool = True) -> None:
     """``t`` shares the device (and, with ``dtype``, the dtype) of ``ref``."""
     if t.device != ref.device:
@@ -110,34 +110,6 @@ def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, dty
     if dtype and t.dtype != ref.dtype:
         raise InputDTypeMismatchError(f"{name} has dtype {_dtype_name(t.dtype)} but {ref_name} has dtype "
                                       f"{_dtype_name(ref.dtype)}; they must match")
-
-
-def input_guard(anchor: str, tensors: dict, same_dtype: Sequence[str] = (), contiguous: Sequence[str] = ()):
-    """The one check of an op's tensor arguments, before its autograd Function.
-
-    Args:
-        anchor: the name of the argument the others are compared with.
-        tensors: ``{name: tensor or None}`` (None entries are optional arguments left out; tuple/list
-            entries are checked element by element as ``name[i]``).
-        same_dtype: names that must share the anchor's dtype.
-        contiguous: names returned ``.contiguous()`` (other tensors keep their layout).
-    Returns:
-        ``tensors`` with the names in ``contiguous`` made contiguous.
-    Raises:
-        InputDeviceError / InputDTypeMismatchError naming the argument.
-    """
-    ref = tensors[anchor]
-    out = dict(tensors)
-    for name, t in tensors.items():
-        items = list(enumerate(t)) if isinstance(t, (list, tuple)) else [(None, t)]
-        for i, item in items:
-            if item is None:
-                continue
-            label = name if i is None else f"{name}[{i}]"
-            check_same(label, item, anchor, ref, dtype=name in same_dtype)
-        if name in contiguous and t is not None:
-            out[name] = type(t)(x.contiguous() for x in t) if isinstance(t, (list, tuple)) else t.contiguous()
-    return out
 
 
 # ----------------------------------------------------------------------------- 2D / 3D choices
@@ -192,5 +164,5 @@ def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 __all__ = ["FLOAT_DTYPES", "INT_DTYPES", "InputTypeError", "InputShapeError", "InputDeviceError",
            "InputDTypeMismatchError", "InputValueError", "check_spatial_dims", "check_tensor", "check_shape",
-           "check_odd_sizes", "look_up_option", "check_same", "input_guard", "conv_type", "conv_transpose_type",
+           "check_odd_sizes", "look_up_option", "check_same", "conv_type", "conv_transpose_type",
            "batch_norm_type", "instance_norm_type", "maxpool_type", "conv_fn", "linear_mode", "upsample_to"]

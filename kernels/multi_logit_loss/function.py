@@ -192,7 +192,7 @@ def _guard(logits, target, raw_weights, ops, params, weight_mode, ce_weight, dic
     """Every check of the public arguments, once; returns them normalised for the Function."""
     maps = _guard_maps(logits)
     target = _guard_target(target, maps)
-    M, (B, C) = len(maps), maps[0].shape[:2]
+    M, C = len(maps), maps[0].shape[1]
     ops = tuple(ops)
     for op in ops:
         look_up_option("ops", op, OPS)
