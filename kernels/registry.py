@@ -21,7 +21,8 @@ from typing import Callable, Dict, List
 # modules that define Triton kernels and launch cases; the compile test imports each of them
 OP_MODULES: List[str] = ["segfuse.kernels.dwconv.triton", "segfuse.kernels.dwconv.specs",
                          "segfuse.kernels.multi_logit_loss.mixing", "segfuse.kernels.multi_logit_loss.triton",
-                         "segfuse.kernels.multi_logit_loss.specs"]
+                         "segfuse.kernels.multi_logit_loss.specs",
+                         "segfuse.kernels.ms_deform_attn.triton", "segfuse.kernels.ms_deform_attn.specs"]
 ACTIVATION_DTYPES = ("fp32", "fp16", "bf16")
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 
@@ -167,11 +168,13 @@ def _freeze(value):
 
 
 def capture_specialisations(dtypes=ACTIVATION_DTYPES) -> List[dict]:
-    """Every distinct build the launch cases produce at the GPU launch settings, for each dtype.
+    """Every distinct build the launch cases produce, for each dtype, at the GPU launch settings and at the
+    interpreter's (an op that keeps interpreter-only tile sizes must build those without spills too).
 
-    Returns rows ``{"kernel", "variant" (case label), "dtype", "build"}``, one per distinct (kernel,
-    build); a build several dtypes share (an fp32-only finalize kernel) is listed once, with its dtypes
-    joined by "/". The kernels run nowhere: launches are intercepted."""
+    Returns rows ``{"kernel", "variant" (op:case label, "+interp" for a build only the interpreter
+    settings make), "dtype", "build"}``, one per distinct (kernel, build); a build several dtypes share (an
+    fp32-only finalize kernel) is listed once, with its dtypes joined by "/". The kernels run nowhere:
+    launches are intercepted."""
     import torch
 
     from .dispatch import force_backend, force_launch_settings
@@ -185,17 +188,19 @@ def capture_specialisations(dtypes=ACTIVATION_DTYPES) -> List[dict]:
                            "on a machine without a GPU")
     rows: Dict[tuple, dict] = {}
     torch_dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    for case in launch_cases():
-        for dtype in dtypes:
-            record: list = []
-            with intercept_launches(record), force_backend("triton"), force_launch_settings("gpu"):
-                case.run(torch_dtypes[dtype], device)
-            for kernel, build in record:
-                key = (kernel, _freeze(build))
-                if key in rows:
-                    if dtype not in rows[key]["dtype"].split("/"):
-                        rows[key]["dtype"] += "/" + dtype
-                else:
-                    rows[key] = {"kernel": kernel, "variant": f"{case.op}:{case.label}", "dtype": dtype,
-                                 "build": build}
+    for settings in ("gpu", "interpreter"):
+        for case in launch_cases():
+            for dtype in dtypes:
+                record: list = []
+                with intercept_launches(record), force_backend("triton"), force_launch_settings(settings):
+                    case.run(torch_dtypes[dtype], device)
+                for kernel, build in record:
+                    key = (kernel, _freeze(build))
+                    if key in rows:
+                        if dtype not in rows[key]["dtype"].split("/"):
+                            rows[key]["dtype"] += "/" + dtype
+                    else:
+                        suffix = "" if settings == "gpu" else "+interp"
+                        rows[key] = {"kernel": kernel, "variant": f"{case.op}:{case.label}{suffix}", "dtype": dtype,
+                                     "build": build}
     return list(rows.values())
