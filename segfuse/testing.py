@@ -206,3 +206,17 @@ def nan_poisoned_allocations():
         for name, fn in originals.items():
             setattr(torch, name, fn)
         torch.Tensor.new_empty = new_empty
+
+
+def exception_on_backend(backend: str, call) -> tuple:
+    """``(exception type, message)`` that ``call()`` raises under ``force_backend(backend)`` (global
+    seed 0 first, so both backends see the same random inputs), or ``(None, None)`` if it raises nothing."""
+    from segfuse.kernels import force_backend
+
+    torch.manual_seed(0)
+    with force_backend(backend):
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - the point is to compare whatever is raised
+            return type(e), str(e)
+    return None, None

@@ -11,7 +11,8 @@ from segfuse.kernels import force_backend
 from segfuse.kernels.ms_deform_attn import (MultiScaleDeformableAttention, ms_deform_attn,
                                             ms_deform_attn_reference)
 from segfuse.kernels.ms_deform_attn.specs import level_start_index, make_problem, run_problem
-from segfuse.testing import assert_verbose_allclose, cuda_marks, device_dtype_params, tolerance
+from segfuse.testing import (assert_verbose_allclose, cuda_marks, device_dtype_params, exception_on_backend,
+                             tolerance)
 
 # (N, Q, M, Dh, level shapes, P): odd / non-power-of-two levels, 1x1(x1) levels, Dh = 24 (not a power of 2)
 PROBLEMS = {
@@ -225,21 +226,11 @@ BAD = {
 }
 
 
-def _outcome(backend, call):
-    torch.manual_seed(0)
-    with force_backend(backend):
-        try:
-            call()
-        except Exception as e:  # noqa: BLE001 - the point is to compare whatever is raised
-            return type(e), str(e)
-    return None, None
-
-
 @pytest.mark.parametrize("name", list(BAD))
 def test_same_exception_on_both_backends(name):
     call, expected, arg = BAD[name]
-    tri = _outcome("triton", call)
-    ref = _outcome("reference", call)
+    tri = exception_on_backend("triton", call)
+    ref = exception_on_backend("reference", call)
     assert tri[0] is not None, f"{name}: the Triton path raised nothing"
     assert issubclass(tri[0], expected), f"{name}: {tri[0].__name__} is not a {expected.__name__}: {tri[1]}"
     assert arg in tri[1], f"{name}: the message does not name {arg}: {tri[1]}"

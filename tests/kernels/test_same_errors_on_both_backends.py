@@ -3,9 +3,10 @@ the input guard and the value checks sit above the dispatch, on the one data pat
 import pytest
 import torch
 
-from segfuse.kernels import MultiKernelDWConv, force_backend, multi_kernel_dwconv
+from segfuse.kernels import MultiKernelDWConv, multi_kernel_dwconv
 from segfuse.kernels.multi_logit_loss import multi_logit_dice_ce
 from segfuse.losses import DeepSupervisionDiceCE, DiceCELoss, LoMixLoss
+from segfuse.testing import exception_on_backend
 
 
 def _w(c, k, d=2, dtype=torch.float32):
@@ -76,21 +77,11 @@ CALLS = {
 }
 
 
-def _outcome(backend, call):
-    torch.manual_seed(0)
-    with force_backend(backend):
-        try:
-            call()
-        except Exception as e:  # noqa: BLE001 - the point is to compare whatever is raised
-            return type(e), str(e)
-    return None, None
-
-
 @pytest.mark.parametrize("name", list(CALLS))
 def test_same_exception_on_both_backends(name):
     call, expected = CALLS[name]
-    tri = _outcome("triton", call)
-    ref = _outcome("reference", call)
+    tri = exception_on_backend("triton", call)
+    ref = exception_on_backend("reference", call)
     assert tri[0] is not None, f"{name}: the Triton path raised nothing"
     assert issubclass(tri[0], expected), f"{name}: {tri[0].__name__} is not a {expected.__name__}: {tri[1]}"
     assert tri == ref, f"{name}: triton raised {tri}, reference raised {ref}"
