@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -18,7 +19,38 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
+def main(argv=None, catch_user_errors=None) -> int:
+    """Run one sub-command. Errors the user caused (:class:`segfuse.data.UserError`: bad data, a missing
+    dataset, an occupied or locked run folder, a damaged checkpoint) are printed as one line on stderr
+    with exit status 2 when ``catch_user_errors`` (default: only when ``argv`` is None, i.e. a real
+    command line; in-process callers get the exception)."""
+    if catch_user_errors is None:
+        catch_user_errors = argv is None
+    if not catch_user_errors:
+        return _main(argv)
+    import warnings
+
+    from segfuse.data.errors import UserError
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        ours = os.path.abspath(str(filename)).startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep)
+        if ours and issubclass(category, UserWarning):      # our own warnings: one line, no source
+            print(f"segfuse: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    warnings.showwarning = one_line
+    try:
+        return _main(argv)
+    except UserError as e:
+        msg = " ".join(str(e).split("\n")) or type(e).__name__
+        print(f"segfuse: error: {msg}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = show
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="segfuse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():

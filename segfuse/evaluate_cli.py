@@ -76,25 +76,33 @@ def print_table(summary: List[Dict]) -> None:
 
 def _load_folder_pairs(pred_dir: str, label_dir: str):
     import nibabel as nib
+    from segfuse.data.errors import DataError, MissingFileError
     from segfuse.data.nnunet import AFFINE_ATOL
+
+    def read(path, cid):
+        try:
+            img = nib.load(path)
+            return img, np.asanyarray(img.dataobj)
+        except Exception as e:    # truncated gzip, random bytes, ...: name the file
+            raise DataError(f"case {cid!r}: cannot read {path} (damaged or not a NIfTI file): "
+                            f"{type(e).__name__}: {e}") from e
     for d, flag in ((pred_dir, "--pred"), (label_dir, "--labels")):
         if not d or not os.path.isdir(d):
-            raise FileNotFoundError(f"{flag} {d!r} is not a folder")
+            raise MissingFileError(f"{flag} {d!r} is not a folder")
     files = sorted(f for f in os.listdir(label_dir) if f.endswith((".nii.gz", ".nii")))
     if not files:
-        raise FileNotFoundError(f"--labels {label_dir!r} holds no .nii.gz files")
+        raise MissingFileError(f"--labels {label_dir!r} holds no .nii.gz files")
     out = []
     for f in files:
         cid = f[:-7] if f.endswith(".nii.gz") else f[:-4]
         pp = os.path.join(pred_dir, f)
         if not os.path.isfile(pp):
-            raise FileNotFoundError(f"case {cid!r}: no prediction {pp}")
-        li, pi = nib.load(os.path.join(label_dir, f)), nib.load(pp)
-        lab, pred = np.asanyarray(li.dataobj), np.asanyarray(pi.dataobj)
+            raise MissingFileError(f"case {cid!r}: no prediction {pp}")
+        (li, lab), (pi, pred) = read(os.path.join(label_dir, f), cid), read(pp, cid)
         if lab.shape != pred.shape:
-            raise ValueError(f"case {cid!r}: prediction {pp} has shape {pred.shape}, label has {lab.shape}")
+            raise DataError(f"case {cid!r}: prediction {pp} has shape {pred.shape}, label has {lab.shape}")
         if not np.allclose(li.affine, pi.affine, atol=AFFINE_ATOL):
-            raise ValueError(f"case {cid!r}: affine of prediction {pp} differs from its label")
+            raise DataError(f"case {cid!r}: affine of prediction {pp} differs from its label")
         out.append((cid, np.rint(pred).astype(np.int16), np.rint(lab).astype(np.int16),
                     tuple(float(z) for z in li.header.get_zooms()[:lab.ndim])))
     return out

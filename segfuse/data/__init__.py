@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from .errors import (CheckpointError, DataError, MissingFileError, RunFolderBusy,
+                     RunFolderExists, UserError)
 from .nnunet import Case, NnUNetDataset, load_case_files, save_nifti, write_dataset_json
 
 EMBEDDED = ("synthetic", "mni152")
@@ -31,9 +33,10 @@ def resolve_data(spec: str, cache_dir: str = None, dims: int = 3, seed: int = 0)
         from .mni152 import write_mni152_dataset
         return write_mni152_dataset(os.path.join(cache_dir, "mni152"))
     if not os.path.isdir(spec):
-        raise FileNotFoundError(f"--data {spec!r}: not a folder and not one of {EMBEDDED + ('synthetic2d',)}")
+        raise MissingFileError(f"--data {spec!r}: not a folder and not one of {EMBEDDED + ('synthetic2d',)}")
     return spec
 
 
 __all__ = ["Case", "NnUNetDataset", "load_case_files", "save_nifti", "write_dataset_json",
-           "resolve_data", "default_cache_dir", "EMBEDDED"]
+           "resolve_data", "default_cache_dir", "EMBEDDED", "UserError", "DataError", "MissingFileError",
+           "RunFolderExists", "RunFolderBusy", "CheckpointError"]

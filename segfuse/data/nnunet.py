@@ -9,8 +9,9 @@ Layout::
     DIR/imagesTs/CASE_0000.nii.gz   optional test images (labelsTs/ optional, not part of nnU-Net)
 
 Arrays keep the NIfTI voxel order: image ``[C, X, Y, Z]`` float32, label ``[X, Y, Z]`` int16.
-Every problem (missing channel, shape or affine mismatch, unknown label value, NaN/Inf) raises an
-error naming the case and the file; nothing is skipped silently.
+Every problem (missing channel, shape or affine mismatch, unknown label value, NaN/Inf, a file that
+cannot be read) raises an error naming the case and the file; nothing is skipped silently. Label values
+are checked in the file's own dtype before the cast to int16, so no value wraps into a valid class.
 """
 from __future__ import annotations
 
@@ -23,7 +24,44 @@ from typing import Dict, List, Optional
 import nibabel as nib
 import numpy as np
 
+from .errors import DataError, MissingFileError
+
 AFFINE_ATOL = 1e-3  # mm; affines of a case's files must agree to this tolerance
+
+
+# key -> (expected Python type, how it is named in messages, example); keys not listed are not checked
+_META_TYPES = {
+    "channel_names": (dict, "an object", '{"0": "CT"}'),
+    "labels": (dict, "an object", '{"background": 0, "liver": 1}'),
+    "file_ending": (str, "a string", '".nii.gz"'),
+    "numTraining": (int, "an integer", "10"),
+}
+
+
+def _read_dataset_json(meta_path: str) -> dict:
+    """dataset.json as a dict; invalid JSON, a missing key or a key of the wrong type is a
+    :class:`DataError` naming the key, the expected type and the file."""
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{meta_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object at the top level, got {type(meta).__name__}")
+    for key in ("channel_names", "labels"):
+        if key not in meta:
+            raise DataError(f"{meta_path}: missing key {key!r}")
+    for key, (typ, name, example) in _META_TYPES.items():
+        if key in meta and (not isinstance(meta[key], typ) or isinstance(meta[key], bool)):
+            raise DataError(f"{meta_path}: key {key!r} must be {name} (e.g. {example}), "
+                            f"got {type(meta[key]).__name__} {meta[key]!r}")
+    for k, v in meta["channel_names"].items():
+        if not k.isdigit() or not isinstance(v, str):
+            raise DataError(f"{meta_path}: key 'channel_names' must map channel numbers to names "
+                            f'(e.g. {{"0": "CT"}}), got {k!r}: {v!r}')
+    if not meta["channel_names"]:
+        raise DataError(f"{meta_path}: key 'channel_names' is empty")
+    return meta
 
 
 @dataclasses.dataclass
@@ -49,38 +87,35 @@ class NnUNetDataset:
     Args:
         root: folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
     Raises:
-        FileNotFoundError: folder, dataset.json or imagesTr/labelsTr missing.
-        ValueError: dataset.json without channel_names/labels, or region-based labels.
+        MissingFileError (a FileNotFoundError): folder, dataset.json or imagesTr/labelsTr missing.
+        DataError (a ValueError): dataset.json not valid JSON, without channel_names/labels, a key
+            of the wrong type (named with the expected type and the file), or region-based labels.
     """
 
     def __init__(self, root: str):
         self.root = os.fspath(root)
         if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"dataset folder {self.root!r} does not exist")
+            raise MissingFileError(f"dataset folder {self.root!r} does not exist")
         meta_path = os.path.join(self.root, "dataset.json")
         if not os.path.isfile(meta_path):
-            raise FileNotFoundError(f"{meta_path} not found: not an nnU-Net raw dataset folder")
-        with open(meta_path) as f:
-            meta = json.load(f)
-        for key in ("channel_names", "labels"):
-            if key not in meta:
-                raise ValueError(f"{meta_path}: missing key {key!r}")
+            raise MissingFileError(f"{meta_path} not found: not an nnU-Net raw dataset folder")
+        meta = _read_dataset_json(meta_path)
         self.meta = meta
         self.channel_names: List[str] = [meta["channel_names"][k]
                                           for k in sorted(meta["channel_names"], key=int)]
         labels = meta["labels"]
         for name, value in labels.items():
             if not isinstance(value, int):
-                raise ValueError(f"{meta_path}: label {name!r} has value {value!r}; region-based "
+                raise DataError(f"{meta_path}: label {name!r} has value {value!r}; region-based "
                                  "(list) labels are not supported, give one integer per class")
         self.labels: Dict[str, int] = dict(sorted(labels.items(), key=lambda kv: kv[1]))
         values = sorted(self.labels.values())
         if values != list(range(len(values))):
-            raise ValueError(f"{meta_path}: label values must be 0..K-1, got {values}")
+            raise DataError(f"{meta_path}: label values must be 0..K-1, got {values}")
         self.file_ending: str = meta.get("file_ending", ".nii.gz")
         for sub in ("imagesTr", "labelsTr"):
             if not os.path.isdir(os.path.join(self.root, sub)):
-                raise FileNotFoundError(f"{os.path.join(self.root, sub)} not found")
+                raise MissingFileError(f"{os.path.join(self.root, sub)} not found")
 
     @property
     def num_classes(self) -> int:
@@ -107,7 +142,7 @@ class NnUNetDataset:
             img_ids = {f[: -len(end) - 5] for f in os.listdir(img_dir) if f.endswith(end)}
             orphans = sorted(img_ids - set(ids))
             if orphans:
-                raise ValueError(f"imagesTr has case {orphans[0]!r} but labelsTr has no "
+                raise DataError(f"imagesTr has case {orphans[0]!r} but labelsTr has no "
                                  f"{orphans[0]}{end}")
             return ids
         folder = os.path.join(self.root, "imagesTs")
@@ -134,17 +169,57 @@ class NnUNetDataset:
 
 def _load(path: str, case_id: str):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"case {case_id!r}: file {path} is missing")
-    img = nib.load(path)
-    data = np.asanyarray(img.dataobj)
+        raise MissingFileError(f"case {case_id!r}: file {path} is missing")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:     # truncated gzip (EOFError), random bytes (ImageFileError), bad header ...
+        raise DataError(f"case {case_id!r}: cannot read {path} (damaged or not a NIfTI file): "
+                        f"{type(e).__name__}: {e}") from e
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
         data = data[..., None]
     if data.ndim != 3:
-        raise ValueError(f"case {case_id!r}: {path} has shape {data.shape}; expected a 3D volume "
+        raise DataError(f"case {case_id!r}: {path} has shape {data.shape}; expected a 3D volume "
                          "(2D images are stored as X x Y x 1)")
     return img, data
+
+
+_INT16 = np.iinfo(np.int16)
+
+
+def _show(values, limit=10) -> str:
+    vals = [int(v) if float(v).is_integer() else float(v) for v in values[:limit]]
+    return str(vals)[:-1] + (f", ... ({len(values)} values)]" if len(values) > limit else "]")
+
+
+def _check_label(ldata: np.ndarray, case_id: str, label_file: str, valid_labels: Optional[set]) -> np.ndarray:
+    """Check label values in the file's own dtype (before any cast, so nothing wraps) and return them
+    as int16. Non-integer or non-finite floats, values outside ``valid_labels`` (or outside int16 when
+    no labels are given) raise a :class:`DataError` naming the file and the values."""
+    if ldata.dtype.kind not in "biuf":
+        raise DataError(f"case {case_id!r}: label {label_file} has dtype {ldata.dtype}; expected integers")
+    values = np.unique(ldata)                                   # sorted, in the file's dtype
+    if ldata.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            raise DataError(f"case {case_id!r}: label {label_file} contains NaN/Inf")
+        frac = values[values != np.round(values)]
+        if frac.size:
+            raise DataError(f"case {case_id!r}: label {label_file} has non-integer values "
+                            f"{_show(frac.tolist())}; labels must be whole numbers")
+    vals = values.tolist()
+    if valid_labels is not None:
+        bad = [v for v in vals if v not in valid_labels]
+        if bad:
+            raise DataError(f"case {case_id!r}: label {label_file} has values {_show(bad)} not in "
+                            f"dataset.json labels {sorted(valid_labels)}")
+    else:
+        bad = [v for v in vals if not _INT16.min <= v <= _INT16.max]
+        if bad:
+            raise DataError(f"case {case_id!r}: label {label_file} has values {_show(bad)} outside "
+                            f"[{_INT16.min}, {_INT16.max}]")
+    return ldata.astype(np.int16)
 
 
 def load_case_files(case_id: str, image_files: List[str], label_file: Optional[str],
@@ -156,38 +231,27 @@ def load_case_files(case_id: str, image_files: List[str], label_file: Optional[s
     for path in image_files:
         img, data = (first_img, first) if path == image_files[0] else _load(path, case_id)
         if data.shape != first.shape:
-            raise ValueError(f"case {case_id!r}: {path} has shape {data.shape}, but "
+            raise DataError(f"case {case_id!r}: {path} has shape {data.shape}, but "
                              f"{image_files[0]} has {first.shape}")
         if not np.allclose(img.affine, affine, atol=AFFINE_ATOL):
-            raise ValueError(f"case {case_id!r}: affine of {path} differs from {image_files[0]}")
+            raise DataError(f"case {case_id!r}: affine of {path} differs from {image_files[0]}")
         data = data.astype(np.float32)
         if not np.isfinite(data).all():
-            raise ValueError(f"case {case_id!r}: {path} contains {int((~np.isfinite(data)).sum())} "
+            raise DataError(f"case {case_id!r}: {path} contains {int((~np.isfinite(data)).sum())} "
                              "NaN/Inf voxels")
         channels.append(data)
     label = None
     if label_file is None and require_label:
-        raise FileNotFoundError(f"case {case_id!r}: label file is missing")
+        raise MissingFileError(f"case {case_id!r}: label file is missing")
     if label_file is not None:
         limg, ldata = _load(label_file, case_id)
         if ldata.shape != first.shape:
-            raise ValueError(f"case {case_id!r}: label {label_file} has shape {ldata.shape}, image "
+            raise DataError(f"case {case_id!r}: label {label_file} has shape {ldata.shape}, image "
                              f"{image_files[0]} has {first.shape}")
         if not np.allclose(limg.affine, affine, atol=AFFINE_ATOL):
-            raise ValueError(f"case {case_id!r}: affine of label {label_file} differs from image "
+            raise DataError(f"case {case_id!r}: affine of label {label_file} differs from image "
                              f"{image_files[0]}")
-        if np.issubdtype(ldata.dtype, np.floating):
-            if not np.isfinite(ldata).all():
-                raise ValueError(f"case {case_id!r}: label {label_file} contains NaN/Inf")
-            if not np.all(ldata == np.round(ldata)):
-                raise ValueError(f"case {case_id!r}: label {label_file} has non-integer values")
-        label = ldata.astype(np.int16)
-        if valid_labels is not None:
-            present = set(np.unique(label).tolist())
-            bad = sorted(present - valid_labels)
-            if bad:
-                raise ValueError(f"case {case_id!r}: label {label_file} has values {bad} not in "
-                                 f"dataset.json labels {sorted(valid_labels)}")
+        label = _check_label(ldata, case_id, label_file, valid_labels)
     zooms = tuple(float(z) for z in first_img.header.get_zooms()[:3])
     zooms = zooms + (1.0,) * (3 - len(zooms))
     return Case(case_id, np.stack(channels), label, affine, first_img.header.copy(), zooms,

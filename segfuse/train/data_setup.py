@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,6 +35,10 @@ def load_volumes(ds: NnUNetDataset, case_ids: Sequence[str], pre: Preprocess, sp
         case = ds.load_case(cid, split)
         img, lab, sp = pre(case.image, case.label, case.spacing)
         vols.append(Volume(cid, img, lab, sp))
+    if vols and all(v.label is not None and not v.label.any() for v in vols):
+        warnings.warn(f"{ds.root}: no foreground in any of the {len(vols)} label files (every voxel is 0); "
+                      "there is no class to learn and validation Dice is meaningless (NaN or 0)", UserWarning,
+                      stacklevel=2)
     return vols
 
 

@@ -3,8 +3,10 @@
 ``Trainer(cfg).fit()`` trains ``cfg.model`` on ``cfg.data`` and writes, on rank 0 only, a run folder:
 ``config.json``, ``metrics.csv`` (one row per epoch), ``last.pt`` (every epoch and at the end) and
 ``best.pt`` (best validation Dice), ``curves.png`` and, for LoMix, ``lomix_weights.png``. Files are
-written atomically. Sampling is a deterministic function of (seed, epoch, sample index), so an
-iteration-budgeted run resumed from ``last.pt`` reproduces an uninterrupted run.
+written atomically, with the process umask. ``fit()`` holds an OS lock on ``RUN_DIR/.lock`` (PID inside)
+so a second run on the same folder is refused; temporaries of a killed write are removed at start.
+Sampling is a deterministic function of (seed, epoch, sample index), so an iteration-budgeted run
+resumed from ``last.pt`` reproduces an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -28,9 +32,12 @@ from segfuse.inference import predict_volume
 from segfuse.metrics import dice_score, nanmean
 
 from . import distributed as D
-from .checkpoint import load_checkpoint, save_checkpoint, write_csv, write_json
+from segfuse.data.errors import CheckpointError, MissingFileError, RunFolderExists
+
+from .checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint, write_csv, write_json
 from .data_setup import Preprocess, load_volumes, resolve_split, split_data
 from .factory import build_loss, build_model, loss_weights, size_divisor
+from .runlock import acquire_run_lock
 
 
 @dataclasses.dataclass
@@ -281,18 +288,52 @@ class Trainer:
         from .plots import plot_history
         plot_history(self.history, rd)
 
+    def _resume_state(self, last: str):
+        """(state, path) of ``last.pt``; if it is damaged and ``best.pt`` is intact, ``best.pt``'s with a warning
+        (the damaged file is kept as ``last.pt.damaged``); if both are unusable, CheckpointError."""
+        try:
+            return load_checkpoint(last, map_location=self.device), last
+        except CheckpointError as e:
+            best = os.path.join(os.path.dirname(last), "best.pt")
+            if not os.path.isfile(best):
+                raise CheckpointError(f"--resume: {e}; there is no best.pt to fall back to, start a new "
+                                      "run (another --run-dir)") from e
+            try:
+                st = load_checkpoint(best, map_location=self.device)
+            except CheckpointError as e2:
+                raise CheckpointError(f"--resume: {e}; and the fallback {e2}") from e
+            if self.main:
+                shutil.copyfile(last, last + ".damaged")
+                warnings.warn(f"--resume: {e}; continuing from the intact {best} "
+                              f"(epoch {st['epoch']}, iteration {st['iteration']}); the damaged file is kept "
+                              f"as {last}.damaged", UserWarning, stacklevel=3)
+            return st, best
+
     def fit(self) -> Dict:
+        """Train to the end of the budget; returns the last metrics row. The run folder is locked
+        (``RUN_DIR/.lock``) for the whole call on rank 0; a second run on it gets RunFolderBusy."""
+        lock = acquire_run_lock(self.cfg.run_dir) if self.main else None
+        try:
+            if self.main:
+                remove_stale_temp_files(self.cfg.run_dir)
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> Dict:
         cfg = self.cfg
         rd = cfg.run_dir
         last = os.path.join(rd, "last.pt")
         if cfg.resume:
             if not os.path.isfile(last):
-                raise FileNotFoundError(f"--resume: no checkpoint {last}")
-            self.load_state(load_checkpoint(last, map_location=self.device))
+                raise MissingFileError(f"--resume: no checkpoint {last}")
+            state, source = self._resume_state(last)
+            self.load_state(state)
             if self.main:
-                print(f"resumed from {last} at epoch {self.epoch}, iteration {self.iteration}", flush=True)
+                print(f"resumed from {source} at epoch {self.epoch}, iteration {self.iteration}", flush=True)
         elif self.main and os.path.isfile(last):
-            raise FileExistsError(f"{rd} already holds a run (last.pt); pass --resume to continue it or "
+            raise RunFolderExists(f"{rd} already holds a run (last.pt); pass --resume to continue it or "
                                   "choose another --run-dir")
         if self.main:
             os.makedirs(rd, exist_ok=True)

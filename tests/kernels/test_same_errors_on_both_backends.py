@@ -58,6 +58,12 @@ CALLS = {
                                                     _labels(2, 8, 12), torch.zeros(2)), TypeError),
     "loss-empty-batch": (lambda: multi_logit_dice_ce([torch.randn(0, 3, 8, 12)], _labels(0, 8, 12), torch.zeros(1)),
                          ValueError),
+    "loss-empty-spatial": (lambda: multi_logit_dice_ce([torch.randn(2, 3, 0, 5)], _labels(2, 0, 5), torch.zeros(1)),
+                           ValueError),
+    # an int64 label that an int32 load would wrap to a valid class (2**32 + 1 -> 1)
+    "loss-label-int64-wrap": (lambda: multi_logit_dice_ce([torch.randn(2, 3, 6, 7)],
+                                                          _bad_label(_labels(2, 6, 7), 2 ** 32 + 1), torch.zeros(1)),
+                              ValueError),
     # fused loss: values, counted in-pass by the kernels and by torch ops on the reference path
     "loss-label-high": (lambda: multi_logit_dice_ce([torch.randn(2, 3, 6, 7)] * 2, _bad_label(_labels(2, 6, 7), 3),
                                                     torch.zeros(2)), ValueError),
