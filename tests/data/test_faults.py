@@ -1,7 +1,6 @@
 """Issue 15: user-caused data faults are named (file, key, values) and contained."""
 import json
 import os
-import shutil
 import warnings
 
 import nibabel as nib
@@ -10,13 +9,6 @@ import pytest
 
 from segfuse.data import NnUNetDataset, UserError
 from segfuse.train.data_setup import Preprocess, load_volumes
-
-
-@pytest.fixture
-def copy(tiny_dataset, tmp_path):
-    dst = tmp_path / "ds"
-    shutil.copytree(tiny_dataset, dst)
-    return str(dst)
 
 
 def _set_label(path, fn):

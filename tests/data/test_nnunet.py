@@ -1,7 +1,6 @@
 """Reader of the nnU-Net raw layout: round trip, determinism, and every bad-data error names its case."""
 import json
 import os
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -31,13 +30,6 @@ def test_synthetic_deterministic_by_seed():
     assert np.array_equal(a, b) and np.array_equal(la, lb) and not np.array_equal(a, c)
     img2d, lab2d = make_case((40, 40), seed=0, index=0)
     assert img2d.shape == (40, 40, 1) and lab2d.max() == len(ORGANS)
-
-
-@pytest.fixture
-def copy(tiny_dataset, tmp_path):
-    dst = tmp_path / "ds"
-    shutil.copytree(tiny_dataset, dst)
-    return str(dst)
 
 
 def _rewrite(path, fn):
