@@ -346,7 +346,7 @@ class Trainer:
             self.dataset.set_epoch(self.epoch)
             loader = self._loader(done_in_epoch)
             bar = None
-            if self.main and cfg.progress:
+            if self.main and cfg.progress and sys.stderr.isatty():  # in a log file: only the per-epoch line
                 from tqdm import tqdm
                 bar = tqdm(total=cfg.iters_per_epoch, initial=done_in_epoch, desc=f"epoch {self.epoch}",
                            leave=False, file=sys.stderr, dynamic_ncols=True)
