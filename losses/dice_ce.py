@@ -64,17 +64,19 @@ class BCEDiceLoss(DiceCELoss):
 class DeepSupervisionDiceCE(nn.Module):
     """Dice + CE on several logit maps with fixed weights (deep supervision), one fused call.
 
-    Maps coarser than the labels are upsampled to the label size (LoMix / MERIT style); nnU-Net instead
-    downsamples the labels, which is not what this does. ``weights`` default to nnU-Net's
-    ``1/2^i`` (finest first) normalised to sum 1. Dice options default to MONAI's (plain denominators,
-    per sample); other keyword arguments go to :func:`multi_logit_dice_ce`.
+    Maps come coarse -> fine, as every model in :mod:`segfuse.models` returns them; maps coarser than the
+    labels are upsampled to the label size (LoMix / MERIT style; nnU-Net instead downsamples the labels,
+    which is not what this does). ``weights`` default to nnU-Net's ``1/2^k`` for the map ``k`` steps
+    coarser than the finest one (the last map gets the largest weight), normalised to sum 1. Dice options
+    default to MONAI's (plain denominators, per sample); other keyword arguments go to
+    :func:`multi_logit_dice_ce`.
     """
 
     def __init__(self, num_maps: int, weights: Sequence[float] | None = None, lambda_dice: float = 1.0,
                  lambda_ce: float = 1.0, squared: bool = False, batch: bool = False, **dice_kw):
         super().__init__()
         if weights is None:
-            w = torch.tensor([0.5 ** i for i in range(num_maps)])
+            w = torch.tensor([0.5 ** (num_maps - 1 - i) for i in range(num_maps)])  # finest (last) largest
             w = w / w.sum()
         else:
             w = torch.as_tensor(list(weights), dtype=torch.float32)

@@ -71,17 +71,37 @@ def test_bce_dice_lgmsnet():
 
 
 def test_deep_supervision_fixed_weights():
-    maps = [torch.randn(2, 3, 8, 12), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 2, 3)]
+    """Maps coarse -> fine (as the models return them): the finest map gets nnU-Net's largest weight."""
+    maps = [torch.randn(2, 3, 2, 3), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 8, 12)]
     y = torch.randint(0, 3, (2, 8, 12))
     ds = DeepSupervisionDiceCE(3, include_background=False)
     with force_backend("triton"):
         got = ds(maps, y)
     single = DiceCELoss(include_background=False)
     up = [F.interpolate(m, size=(8, 12), mode="bilinear", align_corners=False) for m in maps]
-    w = torch.tensor([4.0, 2.0, 1.0]) / 7.0
+    w = torch.tensor([1.0, 2.0, 4.0]) / 7.0
     with force_backend("reference"):
         want = sum(wi * single(m, y) for wi, m in zip(w, up))
     assert_verbose_allclose(got, want, atol=1e-6, rtol=1e-5, name="loss")
+
+
+def test_deep_supervision_order_end_to_end():
+    """``DeepSupervisionDiceCE(M)(model(x), y)`` on a registered model in training mode: the gradient the
+    finest map receives is the largest share (weight 8/15 of 4 maps), the coarsest the smallest."""
+    from segfuse.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("lgmsnet", spatial_dims=2, in_channels=1, num_classes=3, deep_supervision=True).train()
+    x, y = torch.randn(1, 1, 32, 32), torch.randint(0, 3, (1, 32, 32))
+    with force_backend("reference"):
+        maps = net(x)
+        assert [m.shape[-1] for m in maps] == sorted(m.shape[-1] for m in maps), "models return coarse -> fine"
+        ds = DeepSupervisionDiceCE(len(maps))
+        assert torch.allclose(ds.weights, torch.tensor([1.0, 2.0, 4.0, 8.0]) / 15.0)
+        parts = [DiceCELoss()(F.interpolate(m, size=(32, 32), mode="bilinear", align_corners=False), y)
+                 for m in maps]
+        want = sum(w * p for w, p in zip(ds.weights, parts))
+        assert_verbose_allclose(ds(maps, y), want, atol=1e-6, rtol=1e-5, name="loss")
 
 
 def test_constructor_errors():
