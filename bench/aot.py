@@ -23,8 +23,7 @@ def compile_one(fn, build: dict, arch: str) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    constexprs = {k: v for k, v in build["constexprs"].items()}
-    src = ASTSource(fn=fn, signature=build["signature"], constexprs=constexprs)
+    src = ASTSource(fn=fn, signature=build["signature"], constexprs=build["constexprs"])
     log = io.StringIO()
     t0 = time.perf_counter()
     with triton.knobs.nvidia.scope(), triton.knobs.compilation.scope():

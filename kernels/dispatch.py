@@ -76,6 +76,12 @@ def use_triton(device: torch.device) -> bool:
     return False
 
 
+def backend_for(device: torch.device) -> str:
+    """``"triton"`` or ``"reference"`` by :func:`use_triton`: what an autograd Function decides once, in its
+    forward, and passes to both of its registered ops."""
+    return "triton" if use_triton(device) else "reference"
+
+
 def force_launch_settings(kind: str):
     """Launch the kernels in the block with ``"gpu"`` or ``"interpreter"`` settings (``"auto"``: by device)."""
     return _override("launch", kind, _LAUNCH_SETTINGS, "launch settings")

@@ -5,7 +5,7 @@ packing of the per-kernel weights into one ``(C, K^d)`` tensor with differentiab
 ``MultiKernelDWConvFunction`` -> ``torch.ops.segfuse.dwconv_fwd`` / ``dwconv_bwd`` (registered custom
 ops with fake implementations, so ``torch.compile`` traces through without graph breaks) -> dispatch:
 the Triton launchers (:mod:`.triton`) or the eager reference (:mod:`.reference`). The Function takes the
-backend from :func:`segfuse.kernels.use_triton` once, in the forward, and hands it to both ops, so the
+backend from :func:`segfuse.kernels.dispatch.backend_for` once, in the forward, and hands it to both ops, so the
 backward always runs on the forward's backend (also when it runs outside a ``force_backend`` block).
 
 Summed mode packs ``identity + sum_j pad(W_j)`` into one kernel (one pass over ``x``); because the
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..utils import (InputShapeError, InputTypeError, InputValueError, check_odd_sizes, check_same, check_shape,
                      check_tensor, look_up_option)
-from ..dispatch import use_triton
+from ..dispatch import backend_for
 from . import reference
 
 MODES = ("grouped", "summed")
@@ -76,7 +76,7 @@ class MultiKernelDWConvFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.group_kernel_sizes = list(group_kernel_sizes)
         ctx.has_bias = bias is not None
-        ctx.backend = "triton" if use_triton(x.device) else "reference"
+        ctx.backend = backend_for(x.device)
         return torch.ops.segfuse.dwconv_fwd(x, weight, bias, list(group_kernel_sizes), ctx.backend)
 
     @staticmethod

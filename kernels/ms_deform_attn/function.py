@@ -4,7 +4,7 @@ Data path (both backends): ``ms_deform_attn`` -> :func:`_guard` (every argument 
 shapes become a tuple of Python ints) -> ``MSDeformAttnFunction`` -> ``torch.ops.segfuse.msda_fwd`` /
 ``msda_bwd`` (registered custom ops with fake implementations, so ``torch.compile(fullgraph=True)``
 traces through) -> dispatch: the Triton launchers (:mod:`.triton`) or the eager reference
-(:mod:`.reference`). The Function takes the backend from :func:`segfuse.kernels.use_triton` once, in the
+(:mod:`.reference`). The Function takes the backend from :func:`segfuse.kernels.dispatch.backend_for` once, in the
 forward, and hands it to both ops.
 
 Level shapes travel to the ops as a flat ``List[int]`` (``L * d`` Python ints), so no op reads a
@@ -18,7 +18,7 @@ from typing import List, Tuple
 
 import torch
 
-from ..dispatch import use_triton
+from ..dispatch import backend_for
 from ..utils import InputShapeError, InputTypeError, InputValueError, check_same, check_shape, check_tensor
 from . import reference
 
@@ -73,7 +73,7 @@ class MSDeformAttnFunction(torch.autograd.Function):
         ctx.spatial_shapes = list(spatial_shapes)
         ctx.deterministic = bool(deterministic)
         ctx.softmax = bool(softmax)
-        ctx.backend = "triton" if use_triton(value.device) else "reference"
+        ctx.backend = backend_for(value.device)
         return torch.ops.segfuse.msda_fwd(value, ctx.spatial_shapes, sampling_locations, attention_weights,
                                           ctx.softmax, ctx.backend)
 

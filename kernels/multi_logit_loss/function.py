@@ -5,7 +5,7 @@ Data path (both backends): :func:`multi_logit_dice_ce` -> :func:`_guard` (every 
 -> ``torch.ops.segfuse.mll_fwd`` / ``mll_bwd`` (custom ops with fake implementations, so
 ``torch.compile`` traces through without graph breaks) -> dispatch: Triton launchers
 (:mod:`.triton`) or the eager reference (:mod:`.reference`). The Function takes the backend from
-:func:`segfuse.kernels.use_triton` once, in the forward, and hands it to both ops: the Triton backward
+:func:`segfuse.kernels.dispatch.backend_for` once, in the forward, and hands it to both ops: the Triton backward
 reads buffers only the Triton forward writes.
 Value checks (labels in range, finite logits) are counted in-pass by the kernels and by torch ops on the
 reference path, and raised by the same function with the same message.
@@ -16,12 +16,12 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..dispatch import use_triton
+from ..dispatch import backend_for
 from ..utils import (FLOAT_DTYPES, INT_DTYPES, InputShapeError, InputTypeError, InputValueError, check_same,
                      check_shape, check_tensor, look_up_option, upsample_to)
 from . import reference
 from .layout import ParamGradLayout, ResultVector
-from .reference import OPS, WEIGHT_MODES, attn_rows, concat_rows, num_supervised_maps, subsets
+from .reference import LOSS_OPTIONS, OPS, WEIGHT_MODES, attn_rows, concat_rows, num_supervised_maps, subsets
 
 
 def raise_bad_inputs(bad: Sequence[float], num_classes: int, sigmoid: bool) -> None:
@@ -102,8 +102,6 @@ def _(grad_out, maps, target, raw_weights, concat_weight, concat_bias, attn_weig
             maps[0].new_empty(size, dtype=torch.float32))
 
 
-_CFG_KEYS = ("weight_mode", "ce_weight", "dice_weight", "sigmoid", "squared", "batch", "include_background",
-             "smooth_nr", "smooth_dr")
 
 
 class MultiLogitDiceCEFunction(torch.autograd.Function):
@@ -111,9 +109,9 @@ class MultiLogitDiceCEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, target, raw_weights, cw, cb, aw, ab, cfg, *maps):
-        ctx.backend = "triton" if use_triton(maps[0].device) else "reference"
+        ctx.backend = backend_for(maps[0].device)
         res, coef = torch.ops.segfuse.mll_fwd(list(maps), target, raw_weights, cw, cb, aw, ab, cfg["ops"],
-                                              *(cfg[k] for k in _CFG_KEYS), cfg["validate"], ctx.backend)
+                                              *(cfg[k] for k in LOSS_OPTIONS), cfg["validate"], ctx.backend)
         ctx.save_for_backward(target, raw_weights, cw, cb, aw, ab, res, coef, *maps)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)  # no zero-filled grad for the per-map output
@@ -130,7 +128,7 @@ class MultiLogitDiceCEFunction(torch.autograd.Function):
         concat_grad = cw is not None and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
         g_maps, g_raw, g_params = torch.ops.segfuse.mll_bwd(
             grad_loss.reshape(1).float().contiguous(), maps, target, raw_weights, cw, cb, aw, ab, res, coef,
-            cfg["ops"], *(cfg[k] for k in _CFG_KEYS), concat_grad, ctx.backend)
+            cfg["ops"], *(cfg[k] for k in LOSS_OPTIONS), concat_grad, ctx.backend)
         g_cw, g_cb, g_aw, g_ab = ParamGradLayout(len(maps), maps[0].shape[1]).split(g_params)
         return (None, g_raw.to(raw_weights.dtype), g_cw if concat_grad else None, g_cb if concat_grad else None,
                 g_aw if aw is not None else None, g_ab if aw is not None else None, None, *g_maps)

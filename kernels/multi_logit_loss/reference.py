@@ -173,9 +173,13 @@ def count_bad_inputs(maps: Sequence[torch.Tensor], target: torch.Tensor, num_cla
     return torch.stack(counts).float()
 
 
+# the loss options both registered ops take, in their schema order
+LOSS_OPTIONS = ("weight_mode", "ce_weight", "dice_weight", "sigmoid", "squared", "batch", "include_background",
+                "smooth_nr", "smooth_dr")
+
+
 def _loss_options(cfg: dict) -> dict:
-    return {k: cfg[k] for k in ("weight_mode", "ce_weight", "dice_weight", "sigmoid", "squared", "batch",
-                                "include_background", "smooth_nr", "smooth_dr")}
+    return {k: cfg[k] for k in LOSS_OPTIONS}
 
 
 def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg):
@@ -194,11 +198,10 @@ def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg)
     ce = torch.stack([t[0] for t in terms])
     dice = torch.stack([t[1] for t in terms])
     per_map = cfg["ce_weight"] * ce + cfg["dice_weight"] * dice
-    # the registered op runs below autograd: differentiate with torch.func
-    loss, vjp = torch.func.vjp(lambda raw: (transform_weights(raw, cfg["weight_mode"]) * per_map).sum(),
-                               raw_weights.float())
-    (dw,) = vjp(torch.ones_like(loss))
-    w = transform_weights(raw_weights.float(), cfg["weight_mode"])
+    # the registered op runs below autograd: differentiate with torch.func (d loss / d raw = J_w^T per_map)
+    w, vjp = torch.func.vjp(lambda raw: transform_weights(raw, cfg["weight_mode"]), raw_weights.float())
+    (dw,) = vjp(per_map)
+    loss = (w * per_map).sum()
     n_ce = B * maps[0][0, 0].numel() * (C if cfg["sigmoid"] else 1)
     res = torch.cat([loss.detach().reshape(1), per_map, ce, dice, dw, w.detach() * cfg["ce_weight"] / n_ce,
                      count_bad_inputs(maps, target, C, cfg["sigmoid"])]).float()
