@@ -59,7 +59,7 @@ def register_case(case: BenchCase) -> BenchCase:
 
 # modules that define cases (each calls register_case at import)
 CASE_MODULES: List[str] = ["segfuse.bench.cases_dwconv", "segfuse.bench.cases_loss", "segfuse.bench.cases_models",
-                           "segfuse.bench.cases_msda"]
+                           "segfuse.bench.cases_msda", "segfuse.bench.cases_mca", "segfuse.bench.cases_maskmed"]
 
 
 def all_cases() -> Dict[str, BenchCase]:

@@ -9,8 +9,10 @@ Public helpers for models and losses (argument checks, exception kinds, 2D/3D ch
 """
 from .dispatch import force_backend, force_launch_settings, gpu_launch_settings, interpreter_enabled, use_triton
 from .dwconv import MultiKernelDWConv, multi_kernel_dwconv, multi_kernel_dwconv_reference
+from .mc_attention import MonteCarloAttention, mc_attention, mc_attention_reference
 from .ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn, ms_deform_attn_reference
 
 __all__ = ["force_backend", "force_launch_settings", "gpu_launch_settings", "interpreter_enabled", "use_triton",
            "MultiKernelDWConv", "multi_kernel_dwconv", "multi_kernel_dwconv_reference",
-           "MultiScaleDeformableAttention", "ms_deform_attn", "ms_deform_attn_reference"]
+           "MultiScaleDeformableAttention", "ms_deform_attn", "ms_deform_attn_reference",
+           "MonteCarloAttention", "mc_attention", "mc_attention_reference"]

@@ -22,7 +22,8 @@ from typing import Callable, Dict, List
 OP_MODULES: List[str] = ["segfuse.kernels.dwconv.triton", "segfuse.kernels.dwconv.specs",
                          "segfuse.kernels.multi_logit_loss.mixing", "segfuse.kernels.multi_logit_loss.triton",
                          "segfuse.kernels.multi_logit_loss.specs",
-                         "segfuse.kernels.ms_deform_attn.triton", "segfuse.kernels.ms_deform_attn.specs"]
+                         "segfuse.kernels.ms_deform_attn.triton", "segfuse.kernels.ms_deform_attn.specs",
+                         "segfuse.kernels.mc_attention.triton", "segfuse.kernels.mc_attention.specs"]
 ACTIVATION_DTYPES = ("fp32", "fp16", "bf16")
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from segfuse.kernels.utils import check_spatial_dims, look_up_option
-from segfuse.kernels.multi_logit_loss import (OPS, attn_rows, concat_rows, map_names, multi_logit_dice_ce,
+from segfuse.kernels.multi_logit_loss import (LOMIX_OPS, OPS, attn_rows, concat_rows, map_names, multi_logit_dice_ce,
                                               num_supervised_maps, subsets, transform_weights)
 
 _WEIGHT_MODES = {"free": "softplus", "normalized": "normalized"}
@@ -50,7 +50,7 @@ class LoMixLoss(nn.Module):
         >>> loss3d = LoMixLoss(3, 4, 3, operators=("add", "mul"))            # 3D, 3 maps
     """
 
-    def __init__(self, num_maps: int, num_classes: int, spatial_dims: int, operators: Sequence[str] = OPS,
+    def __init__(self, num_maps: int, num_classes: int, spatial_dims: int, operators: Sequence[str] = LOMIX_OPS,
                  weight_mode: str = "free", concat: str = "learned", ce_weight: float = 0.3,
                  dice_weight: float = 0.7, squared: bool = True, batch: bool = True,
                  include_background: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,

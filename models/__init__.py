@@ -8,7 +8,9 @@ native-resolution logits, coarse -> fine, whose strides are ``model.output_strid
 """
 from .blocks.common import resize_logits
 from .emcad_pvt import EMCADPVT
+from .fias import FIAS
 from .lgmsnet import LGMSNet
+from .maskmed import MaskMed
 from .registry import create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model", "resize_logits", "LGMSNet", "EMCADPVT"]
+__all__ = ["create_model", "list_models", "register_model", "resize_logits", "LGMSNet", "EMCADPVT", "FIAS", "MaskMed"]

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_run(run_dir: str, checkpoint: str = "last", device="cpu"):
     """Returns (model in eval mode, config dict) of a run folder."""
     from segfuse.train.checkpoint import load_checkpoint
-    from segfuse.train.factory import build_model
+    from segfuse.train.factory import DEEP_SUPERVISIONS, build_model
     cfg_path = os.path.join(run_dir, "config.json")
     from segfuse.data.errors import DataError, MissingFileError
     if not os.path.isfile(cfg_path):
@@ -53,7 +53,7 @@ def load_run(run_dir: str, checkpoint: str = "last", device="cpu"):
     ck = checkpoint if checkpoint.endswith(".pt") else os.path.join(run_dir, f"{checkpoint}.pt")
     state = load_checkpoint(ck, map_location=device)
     model = build_model(cfg["model"], cfg["dims"], len(cfg["channel_names"]), cfg["num_classes"],
-                        deep_supervision=cfg["supervision"] in ("deep", "lomix"), **cfg.get("model_kwargs", {}))
+                        deep_supervision=cfg["supervision"] in DEEP_SUPERVISIONS, **cfg.get("model_kwargs", {}))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
 

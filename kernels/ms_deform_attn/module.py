@@ -112,6 +112,9 @@ class MultiScaleDeformableAttention(nn.Module):
             raise ValueError(f"reference_points last dim must be {d} for spatial_dims={d}, "
                              f"got shape {tuple(reference_points.shape)}")
         loc = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # locations and weights in fp32 whatever autocast made of the projections (the op takes them in one
+        # dtype, and a half-precision location on a 128^3 level is off by up to half a voxel)
+        loc, weights = loc.float(), weights.float()
         out = ms_deform_attn(value, [tuple(r) for r in rows], level_start_index, loc, weights,
                              deterministic=self.deterministic, softmax=self.fused_softmax)
         return self.output_proj(out)

@@ -32,6 +32,7 @@ OP_ADD: tl.constexpr = tl.constexpr(OP_CODE["add"])
 OP_MUL: tl.constexpr = tl.constexpr(OP_CODE["mul"])
 OP_CONCAT: tl.constexpr = tl.constexpr(OP_CODE["concat"])
 OP_ATTENTION: tl.constexpr = tl.constexpr(OP_CODE["attention"])
+OP_MEAN: tl.constexpr = tl.constexpr(OP_CODE["mean"])
 DESC_WIDTH: tl.constexpr = tl.constexpr(6)  # [code, member mask, subset index, first concat row, first attention row, subset size]
 
 
@@ -95,7 +96,7 @@ def mix(desc, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, boff, S, v, vmask,
         M: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, OPS_MASK: tl.constexpr):
     """Supervised map ``desc`` of one tile: ``(z, mx, den)``, z ``(C_PAD, BLOCK)`` fp32.
 
-    base / add: sum of the members; mul: product; concat: 1x1 conv over the concatenated members
+    base / add: sum of the members; mean: their average; mul: product; concat: 1x1 conv over the concatenated members
     (+ bias); attention: softmax over the members of a per-member score, weighted sum. ``mx`` / ``den``
     are the attention softmax max and normaliser (attention only; pass 2 reuses them).
     desc: pointer to this map's descriptor row; boff: element offset ``b C S`` of this sample (concat re-reads
@@ -109,6 +110,11 @@ def mix(desc, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, boff, S, v, vmask,
     if op <= OP_ADD:
         for i in tl.static_range(M):
             z += tl.where(((msk >> i) & 1) != 0, xs[i], 0.0)
+    if ((tl.constexpr(OPS_MASK) >> OP_MEAN) & 1) != 0:
+        if op == OP_MEAN:
+            for i in tl.static_range(M):
+                z += tl.where(((msk >> i) & 1) != 0, xs[i], 0.0)
+            z = z / tl.load(desc + 5).to(tl.float32)
     if ((tl.constexpr(OPS_MASK) >> OP_MUL) & 1) != 0:
         if op == OP_MUL:
             z = tl.full(x0.shape, 1.0, tl.float32)
@@ -167,6 +173,11 @@ def mix_grad(desc, dz, xs, gs, cw_ptr, aw_ptr, ab_ptr, mx, den, pg_base, cls,
     if op <= OP_ADD:
         for i in tl.static_range(M):
             gs = gs[:i] + (gs[i] + tl.where(((msk >> i) & 1) != 0, dz, 0.0),) + gs[i + 1:]
+    if ((tl.constexpr(OPS_MASK) >> OP_MEAN) & 1) != 0:
+        if op == OP_MEAN:
+            dzm = dz / tl.load(desc + 5).to(tl.float32)
+            for i in tl.static_range(M):
+                gs = gs[:i] + (gs[i] + tl.where(((msk >> i) & 1) != 0, dzm, 0.0),) + gs[i + 1:]
     if ((tl.constexpr(OPS_MASK) >> OP_MUL) & 1) != 0:
         if op == OP_MUL:
             for i in tl.static_range(M):

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from ..utils import conv_fn, upsample_to
 
-OPS = ("add", "mul", "concat", "attention")
+OPS = ("add", "mul", "concat", "attention", "mean")  # every operator the kernels know
+LOMIX_OPS = OPS[:4]  # the four LoMix operators (the paper's mutant set)
 WEIGHT_MODES = ("softplus", "normalized", "fixed")
 
 
@@ -77,10 +78,12 @@ def mix_maps(base: Sequence[torch.Tensor], ops: Sequence[str], concat_weight=Non
     for op in ops:
         for si, S in enumerate(subs):
             xs = [base[i] for i in S]
-            if op == "add":
+            if op in ("add", "mean"):
                 y = xs[0]
                 for x in xs[1:]:
                     y = y + x
+                if op == "mean":  # FIAS: each subset of auxiliary maps is averaged (MERIT sums: "add")
+                    y = y / len(xs)
             elif op == "mul":
                 y = xs[0]
                 for x in xs[1:]:

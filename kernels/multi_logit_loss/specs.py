@@ -54,6 +54,8 @@ CASES = {
                               include_background=False)),
     "normalized-M6-C3-add-mul": (6, 1, 3, [(4, 5)] * 6, (4, 5), ("add", "mul"), torch.int64,
                                  dict(weight_mode="normalized")),
+    "fias-aux-M3-C4-mean": (3, 2, 4, [(3, 5), (6, 10), (6, 10)], (6, 10), ("mean",), torch.int64,
+                            dict(weight_mode="fixed", ce_weight=0.6, dice_weight=0.4, squared=False)),
     "deep-M8-C2-add": (8, 1, 2, [(3, 5)] * 8, (3, 5), ("add",), torch.uint8, dict(weight_mode="softplus")),
 }
 

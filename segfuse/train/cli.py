@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default $SEGFUSE_DATA or ~/.cache/segfuse)")
     p.add_argument("--run-dir", default="runs/default", help="output folder (checkpoints, CSV, plots)")
     p.add_argument("--dims", type=int, default=2, choices=(2, 3), help="2: slices of the volumes; 3: patches")
-    p.add_argument("--supervision", default="single", choices=SUPERVISIONS)
+    p.add_argument("--supervision", default="single", choices=SUPERVISIONS,
+                   help="single: Dice+CE on the output; deep: nnU-Net weights over the deep-supervision maps; "
+                        "lomix: LoMix mutant maps with learned weights; fias: FIAS main + averaged auxiliary "
+                        "subsets (models that bring a criterion, e.g. maskmed, use it)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--iters-per-epoch", type=int, default=50)
     p.add_argument("--iterations", type=int, default=None, help="total iteration budget (overrides --epochs)")
@@ -50,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     p.add_argument("--lr", type=float, default=None, help="default 2e-3 (AdamW) / 1e-2 (SGD)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--transformer-lr-scale", type=float, default=None,
+                   help="models with CNN and transformer parts (maskmed): the transformer's learning rate is "
+                        "--lr times this (default: the model's, 0.1 for maskmed)")
     p.add_argument("--schedule", default="poly", choices=("poly", "cosine", "constant"))
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
                    help="mixed precision (auto: bf16/fp16 on CUDA, off on CPU)")
@@ -82,7 +88,7 @@ def config_from_args(args):
         amp=args.amp, val_every=args.val_every, val_split=args.val_split, holdout_every=args.holdout_every,
         augment=args.augment, fg_prob=args.fg_prob, spacing=args.spacing, ct_window=tuple(args.ct_window),
         seed=args.seed, device=args.device, num_workers=args.num_workers, cache_dir=args.cache_dir,
-        model_kwargs=_model_kw(args.model_arg), resume=args.resume, progress=not args.no_progress,
+        model_kwargs=_model_kw(args.model_arg), transformer_lr_scale=args.transformer_lr_scale, resume=args.resume, progress=not args.no_progress,
         stop_after_epochs=args.stop_after_epochs)
 
 

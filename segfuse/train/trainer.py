@@ -36,7 +36,7 @@ from segfuse.data.errors import CheckpointError, MissingFileError, RunFolderExis
 
 from .checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint, write_csv, write_json
 from .data_setup import Preprocess, load_volumes, resolve_split, split_data
-from .factory import build_loss, build_model, loss_weights, size_divisor
+from .factory import DEEP_SUPERVISIONS, build_loss, build_model, loss_weights, optimizer_groups, size_divisor
 from .runlock import acquire_run_lock
 
 
@@ -71,6 +71,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_dir: Optional[str] = None
     model_kwargs: Dict = dataclasses.field(default_factory=dict)
+    transformer_lr_scale: Optional[float] = None  # models with param_groups(): transformer lr = lr * this
     resume: bool = False
     progress: bool = True
     stop_after_epochs: Optional[int] = None  # end this process after N more epochs (chunked jobs)
@@ -145,7 +146,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         ds = self.ds
-        deep = cfg.supervision in ("deep", "lomix")
+        deep = cfg.supervision in DEEP_SUPERVISIONS
         self.model = build_model(cfg.model, cfg.dims, len(ds.channel_names), ds.num_classes,
                                  deep_supervision=deep, **cfg.model_kwargs).to(self.device)
         div = size_divisor(self.model, cfg.dims)
@@ -162,14 +163,15 @@ class Trainer:
             patch = tuple(min(cap, int(math.ceil(s / div) * div)) for s in shape)
         self.patch = patch
         self.num_maps = self._count_maps() if deep else 1
-        self.loss_fn, self.loss_module = build_loss(cfg.supervision, self.num_maps, ds.num_classes, cfg.dims)
+        self.loss_fn, self.loss_module = build_loss(cfg.supervision, self.num_maps, ds.num_classes, cfg.dims,
+                                                    model=self.model)
         self.loss_module.to(self.device)
         self.joint = _Joint(self.model, self.loss_module, self.loss_fn)
         self.ddp = self.joint
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.joint, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        params = [p for p in self.joint.parameters() if p.requires_grad]
+        params = optimizer_groups(self.model, self.loss_module, cfg.transformer_lr_scale)
         lr = cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 1e-2)
         self.base_lr = lr
         if cfg.optimizer == "adamw":
@@ -204,7 +206,10 @@ class Trainer:
     def load_state(self, st: Dict) -> None:
         self.model.load_state_dict(st["model"])
         self.loss_module.load_state_dict(st["loss"])
+        scales = [g["lr_scale"] for g in self.opt.param_groups]  # this run's groups: a changed scale applies
         self.opt.load_state_dict(st["optimizer"])
+        for g, scale in zip(self.opt.param_groups, scales):
+            g["lr_scale"] = scale
         self.scaler.load_state_dict(st["scaler"])
         self.epoch, self.iteration = st["epoch"], st["iteration"]
         self.elapsed, self.best, self.history = st["elapsed"], st["best"], list(st["history"])
@@ -248,8 +253,9 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One optimisation step on a batch ``x [N, C, *P]``, ``y [N, *P]``; returns the loss."""
         self.joint.train()
+        lr = self.lr_at(self.progress())
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.progress())
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # checkpoints from before the groups lack it
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else contextlib.nullcontext())

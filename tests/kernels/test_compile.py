@@ -49,7 +49,7 @@ def test_every_kernel_has_launch_cases_in_every_dtype():
     stats = [r for r in rows if r["kernel"] == "mll_stats" and r["variant"].endswith("lomix-M4-C9-all-ops-uint8")]
     assert stats and all(r["build"]["signature"]["maps"] == (f"*{r['dtype']}",) * 4 for r in stats)
     assert all(r["build"]["signature"]["y_ptr"] == "*u8" for r in stats)
-    assert {c.op for c in launch_cases()} == {"dwconv", "multi_logit_loss", "ms_deform_attn"}
+    assert {c.op for c in launch_cases()} == {"dwconv", "multi_logit_loss", "ms_deform_attn", "mc_attention"}
 
 
 def test_all_kernels_compile_for_sm80_and_sm90a_without_spills():

@@ -301,3 +301,17 @@ def test_module_fused_softmax_equals_torch_softmax():
     x, q, ref = torch.randn(1, 72, 16), torch.randn(1, 5, 16), torch.rand(1, 5, 2, 3)
     with force_backend("triton"):
         torch.testing.assert_close(fused(q, ref, x, shapes), plain(q, ref, x, shapes))
+
+
+def test_module_under_autocast_takes_fp32_locations_and_weights():
+    """Under autocast the projections come out in half precision while the reference points are fp32: the
+    module hands the op fp32 locations and weights (it used to pass mixed dtypes and fail the guard)."""
+    attn = MultiScaleDeformableAttention(3, 32, num_levels=2, num_heads=4, num_points=2)
+    shapes = [(4, 4, 4), (2, 2, 2)]
+    x, q, ref = torch.randn(1, 72, 32), torch.randn(1, 5, 32), torch.rand(1, 5, 3)
+    with force_backend("reference"), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(q, ref, x, shapes)
+    with force_backend("reference"):
+        want = attn(q, ref, x, shapes)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), want, atol=0.1, rtol=0.05)

@@ -3,7 +3,17 @@ import os
 import socket
 
 import torch
+import pytest
 import torch.multiprocessing as mp
+
+# (model, dims, patch, model options): a plain U-Net, and MaskMed (own set criterion, two learning-rate groups)
+MODELS = {
+    "unet": ("unet", 2, (32, 32), {}),
+    "maskmed": ("maskmed", 3, (16, 16, 16),
+                dict(widths=(8, 16, 32), blocks_per_stage=(1, 1, 1), hidden_dim=32, norm_groups=8, fsad_heads=4,
+                     fsad_points=2, fsad_query_stages=2, fsad_layers=1, fsad_ffn_dim=64, head_heads=4,
+                     head_ffn_dim=64)),
+}
 
 
 def _free_port():
@@ -12,16 +22,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, data, out):
+def _worker(rank, world, port, data, out, model):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from segfuse.kernels import force_backend
     from segfuse.train import distributed as D
     from segfuse.train.trainer import TrainConfig, Trainer
-    cfg = TrainConfig(model="unet", data=data, run_dir=os.path.join(out, "run"), dims=2, iterations=1,
-                      iters_per_epoch=1, batch_size=2, patch_size=(32, 32), val_split="none",
-                      progress=False, seed=3, device="cpu")
+    name, dims, patch, kw = MODELS[model]
+    cfg = TrainConfig(model=name, data=data, run_dir=os.path.join(out, "run"), dims=dims, iterations=1,
+                      iters_per_epoch=1, batch_size=2, patch_size=patch, val_split="none",
+                      progress=False, seed=3, device="cpu", model_kwargs=kw)
     with force_backend("reference"):
         tr = Trainer(cfg)
         before = torch.cat([p.detach().flatten() for p in tr.model.parameters()]).clone()
@@ -32,8 +43,9 @@ def _worker(rank, world, port, data, out):
     D.cleanup()
 
 
-def test_two_rank_gloo_step_keeps_weights_identical(tiny_data, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), tiny_data, str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_two_rank_gloo_step_keeps_weights_identical(tiny_data, tmp_path, model):
+    mp.spawn(_worker, args=(2, _free_port(), tiny_data, str(tmp_path), model), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["before"], r1["before"])               # same seed -> same init
     assert not set(r0["indices"]) & set(r1["indices"])          # DistributedSampler: disjoint samples

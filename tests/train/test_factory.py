@@ -1,4 +1,4 @@
-"""Models and the three supervision modes give finite losses and gradients (eager path)."""
+"""Models and the supervision modes (single, deep, lomix, fias; a model's own criterion) give finite losses and gradients (eager path)."""
 import math
 
 import pytest
@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from segfuse.kernels import force_backend
-from segfuse.kernels.multi_logit_loss import OPS, map_names, num_supervised_maps
-from segfuse.train.factory import available_models, build_loss, build_model, loss_weights
+from segfuse.kernels.multi_logit_loss import LOMIX_OPS as OPS, map_names, num_supervised_maps
+from torch import nn
+
+from segfuse.train.factory import available_models, build_loss, build_model, loss_weights, optimizer_groups
 
 
-@pytest.mark.parametrize("supervision", ["single", "deep", "lomix"])
+@pytest.mark.parametrize("supervision", ["single", "deep", "lomix", "fias"])
 def test_unet_losses_backward(supervision):
     deep = supervision != "single"
     model = build_model("unet", 2, 1, 4, deep_supervision=deep).train()
@@ -62,3 +64,38 @@ def test_unknown_names():
         build_loss("triple", 1, 2, 2)
     with pytest.raises(ValueError):
         build_model("no_such_model", 2, 1, 2)
+
+
+class _TwoPartNet(nn.Module):
+    """A model that brings its own criterion and CNN / transformer parameter groups (as MaskMed)."""
+    default_transformer_lr_scale = 0.1
+
+    def __init__(self, cover_all=True):
+        super().__init__()
+        self.conv, self.attn, self.cover_all = nn.Conv2d(1, 2, 3), nn.Linear(2, 2), cover_all
+
+    def criterion(self):
+        return nn.MSELoss()
+
+    def param_groups(self):
+        return {"cnn": list(self.conv.parameters()),
+                "transformer": list(self.attn.parameters()) if self.cover_all else [self.attn.weight]}
+
+
+def test_model_criterion_and_lr_groups():
+    net = _TwoPartNet()
+    fn, mod = build_loss("single", 1, 2, 2, model=net)
+    assert isinstance(fn, nn.MSELoss) and fn is mod
+    with pytest.raises(ValueError, match="brings its own criterion"):
+        build_loss("deep", 1, 2, 2, model=net)
+    groups = optimizer_groups(net, mod, None)
+    assert [(g["name"], g["lr_scale"], len(g["params"])) for g in groups] == [("cnn", 1.0, 2), ("transformer", 0.1, 2)]
+    assert optimizer_groups(net, mod, 0.5)[1]["lr_scale"] == 0.5
+    with pytest.raises(ValueError, match="transformer-lr-scale"):
+        optimizer_groups(net, mod, 0.0)
+    with pytest.raises(RuntimeError, match="covers 3 of 4"):
+        optimizer_groups(_TwoPartNet(cover_all=False), mod, None)
+    # a plain model: one group at the base rate, the loss's learnable weights included
+    lomix_fn, lomix = build_loss("lomix", 3, 4, 2)
+    (g,) = optimizer_groups(build_model("unet", 2, 1, 4), lomix, None)
+    assert g["lr_scale"] == 1.0 and any(p is lomix.raw_weights for p in g["params"])
