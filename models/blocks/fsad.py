@@ -55,6 +55,16 @@ def unflatten_tokens(tokens: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *size)
 
 
+def check_stage_features(owner: str, features: Sequence[torch.Tensor], in_channels: Sequence[int]) -> None:
+    """``features`` must be one ``(N, in_channels[i], D, H, W)`` map per stage (InputShapeError otherwise)."""
+    if len(features) != len(in_channels):
+        raise InputShapeError(f"{owner}: features must hold {len(in_channels)} maps (one per stage), "
+                              f"got {len(features)}")
+    for i, (f, c) in enumerate(zip(features, in_channels)):
+        if f.dim() != 5 or f.shape[1] != c:
+            raise InputShapeError(f"{owner}: features[{i}] must be (N, {c}, D, H, W), got {tuple(f.shape)}")
+
+
 # ----------------------------------------------------------------------------- encoder layer
 class FSADEncoderLayer(nn.Module):
     """Deformable-DETR encoder layer (post-norm) with 3D deformable attention.
@@ -164,13 +174,7 @@ class FSADTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        if len(features) != len(self.in_channels):
-            raise InputShapeError(f"FSADTransformer: features must hold {len(self.in_channels)} maps (one per "
-                                  f"encoder stage), got {len(features)}")
-        for i, (f, c) in enumerate(zip(features, self.in_channels)):
-            if f.dim() != 5 or f.shape[1] != c:
-                raise InputShapeError(f"FSADTransformer: features[{i}] must be (N, {c}, D, H, W), "
-                                      f"got {tuple(f.shape)}")
+        check_stage_features("FSADTransformer", features, self.in_channels)
         n = features[0].shape[0]
         sizes = [tuple(int(s) for s in f.shape[2:]) for f in features]
         projected = [proj(f) for proj, f in zip(self.input_proj, features)]  # (N, C, D_l, H_l, W_l)

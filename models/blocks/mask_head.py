@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segfuse.kernels.utils import InputShapeError, upsample_to
+from segfuse.kernels.utils import upsample_to
 
-from .fsad import flatten_tokens, sine_position_embedding_3d
+from .fsad import check_stage_features, flatten_tokens, sine_position_embedding_3d
 
 
 def masked_attention_mask(mask_logits: torch.Tensor, size: Sequence[int], num_heads: int) -> torch.Tensor:
@@ -166,13 +166,7 @@ class MaskedMultiScaleHead(nn.Module):
         return self.class_embed(normed), torch.einsum("nqc,nc...->nq...", self.mask_embed(normed), pixels)
 
     def forward(self, features: Sequence[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
-        if len(features) != len(self.in_channels):
-            raise InputShapeError(f"MaskedMultiScaleHead: features must hold {len(self.in_channels)} stage maps, "
-                                  f"got {len(features)}")
-        for i, (f, c) in enumerate(zip(features, self.in_channels)):
-            if f.dim() != 5 or f.shape[1] != c:
-                raise InputShapeError(f"MaskedMultiScaleHead: features[{i}] must be (N, {c}, D, H, W), "
-                                      f"got {tuple(f.shape)}")
+        check_stage_features("MaskedMultiScaleHead", features, self.in_channels)
         n = features[0].shape[0]
         pixels = [proj(f) for proj, f in zip(self.pixel_proj, features)]  # (N, C, *S_s)
         queries = self.query_feat.weight[None].expand(n, -1, -1)  # (N, Q, C)
