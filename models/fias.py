@@ -44,8 +44,8 @@ class FIAS(nn.Module):
     * DMK: widths 32/64/128/256, ``BN(y + DW5(y) + DW7(y))`` fused in one ``MultiKernelDWConv``.
     * CAF per stage: ``concat(DMK_i, DilateFormer_i)`` -> 1x1 to ``widths[i]`` (the width projection) ->
       channel gate (avg + max) -> spatial gate -> Conv3x3-BN-ReLU.
-    * MixAtt decoder: bridge on the 1/32 map, blocks at 1/16, 1/8, 1/4 with MHSA heads
-      ``head_count(width, decoder_heads[i])`` (default 6/4/2 -> 4/4/2 on widths 128/64/32) and MCA.
+    * MixAtt decoder: bridge on the 1/32 map, blocks at 1/16, 1/8, 1/4, each level mixing MHSA and MCA, with
+      MHSA heads ``head_count(width, decoder_heads[i])`` (default 8/6/4/2 -> 8/4/4/2 on widths 256/128/64/32).
     * Heads: main 1x1 on the 1/4 block (upsampled x4 bilinearly at inference); deep supervision 1x1 heads on
       the bridge (1/32), block 1 (1/16) and block 2 (1/8), as the scaffold's three auxiliary heads.
 
@@ -60,8 +60,9 @@ class FIAS(nn.Module):
         embed_dim, depths, num_heads, dilations, mlp_ratio, stem_hidden, drop_path_rate: DilateFormer
             (``num_heads`` of the MSDA stages must be multiples of ``len(dilations)``).
         dmk_kernel_sizes: the DMK depthwise kernels (5, 7).
-        decoder_heads: maximum MHSA heads of the three MixAtt blocks, deep -> shallow. (Read per fused level,
-            FIAS heads are 8/6/4/2; the deepest level is the attention-free bridge, so the blocks take 6/4/2.)
+        decoder_heads: maximum MHSA heads per decoder level, deep -> shallow, bridge first (FIAS 8/6/4/2; a
+            value that does not divide the level's width falls back to its largest divisor below it). The
+            scaffold's bridge has no attention; here it mixes MHSA and MCA like the other levels.
         mca_variant: "channel" (SvANet's Monte-Carlo channel gate, default) or "spatial" (the scaffold's
             spatial gate).
         mca_pool_sizes: Monte-Carlo pool sizes (1, 2, 3).
@@ -85,7 +86,7 @@ class FIAS(nn.Module):
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  dilations: Sequence[int] = (1, 2, 3), mlp_ratio: float = 4.0, stem_hidden: int = 16,
                  drop_path_rate: float = 0.0, dmk_kernel_sizes: Sequence[int] = (5, 7),
-                 decoder_heads: Sequence[int] = (6, 4, 2), mca_variant: str = "channel",
+                 decoder_heads: Sequence[int] = (8, 6, 4, 2), mca_variant: str = "channel",
                  mca_pool_sizes: Sequence[int] = (1, 2, 3), dropout: float = 0.1):
         super().__init__()
         if check_spatial_dims(spatial_dims) != 2:
@@ -97,7 +98,7 @@ class FIAS(nn.Module):
         widths = _positive_ints("FIAS", "widths", widths, 4)
         depths = _positive_ints("FIAS", "depths", depths, 4)
         num_heads = _positive_ints("FIAS", "num_heads", num_heads, 4)
-        decoder_heads = _positive_ints("FIAS", "decoder_heads", decoder_heads, 3)
+        decoder_heads = _positive_ints("FIAS", "decoder_heads", decoder_heads, 4)
         dilations = tuple(dilations)
         if not dilations or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in dilations):
             raise InputValueError(f"FIAS: dilations must be positive ints, got {dilations!r}")

@@ -3,9 +3,11 @@
 
 * :class:`ContextAwareFusion` (CAF): ``concat(local, global)`` -> 1x1 conv -> channel gate -> spatial gate
   -> Conv3x3-BN-ReLU.
-* :class:`MixAttBlock`: upsample + skip concat -> two convs -> ``x + MHSA(x) + MCA(x)`` -> Conv3x3-BN-ReLU,
-  with MCA the fused :class:`~segfuse.kernels.MonteCarloAttention` (which returns ``x * gate``).
-* :class:`MixAttDecoder`: a Conv3x3-BN-ReLU bridge on the deepest fused map, then one MixAtt block per skip.
+* :class:`MixAttention`: ``x + MHSA(x) + MCA(x)`` -> Conv3x3-BN-ReLU, with MCA the fused
+  :class:`~segfuse.kernels.MonteCarloAttention` (which returns ``x * gate``).
+* :class:`MixAttBlock`: upsample + skip concat -> two convs -> :class:`MixAttention`.
+* :class:`MixAttDecoder`: a bridge (Conv3x3-BN-ReLU + :class:`MixAttention`) on the deepest fused map, then
+  one MixAtt block per skip (the scaffold's bridge has no attention; FIAS's heads 8/6/4/2 name four levels).
 """
 from __future__ import annotations
 
@@ -82,33 +84,45 @@ class TokenMHSA(nn.Module):
         return out.transpose(1, 2).reshape(N, C, H, W)
 
 
+class MixAttention(nn.Module):
+    """Eqs. 7-10: ``mixed = x + MHSA(x) + MCA(x)``, then Conv3x3-BN-ReLU; MCA is the fused
+    :class:`~segfuse.kernels.MonteCarloAttention` (it returns ``x * gate``). ``(N, C, H, W)`` -> same."""
+
+    def __init__(self, channels: int, num_heads: int, mca_variant: str = "channel",
+                 mca_pool_sizes: Sequence[int] = (1, 2, 3)):
+        super().__init__()
+        self.mhsa = TokenMHSA(channels, num_heads)
+        self.mca = MonteCarloAttention(2, channels, mca_pool_sizes, variant=mca_variant)
+        self.out = ConvBNReLU(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + self.mhsa(x) + self.mca(x))
+
+
 class MixAttBlock(nn.Module):
     """Upsample the deeper map to the skip's size (bilinear, ``align_corners=False``), concat the skip,
-    Conv3x3-BN-ReLU -> Dropout2d -> Conv3x3-BN-ReLU = x; ``mixed = x + MHSA(x) + MCA(x)``;
-    ``Conv3x3-BN-ReLU(mixed)``."""
+    Conv3x3-BN-ReLU -> Dropout2d -> Conv3x3-BN-ReLU = x; then :class:`MixAttention`."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, num_heads: int,
                  mca_variant: str = "channel", mca_pool_sizes: Sequence[int] = (1, 2, 3), dropout: float = 0.1):
         super().__init__()
         self.pre = nn.Sequential(ConvBNReLU(in_channels + skip_channels, out_channels, 3), nn.Dropout2d(dropout),
                                  ConvBNReLU(out_channels, out_channels, 3))
-        self.mhsa = TokenMHSA(out_channels, num_heads)
-        self.mca = MonteCarloAttention(2, out_channels, mca_pool_sizes, variant=mca_variant)
-        self.out = ConvBNReLU(out_channels, out_channels, 3)
+        self.mix = MixAttention(out_channels, num_heads, mca_variant, mca_pool_sizes)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.pre(torch.cat((upsample_to(x, skip.shape[2:]), skip), dim=1))
-        return self.out(x + self.mhsa(x) + self.mca(x))
+        return self.mix(self.pre(torch.cat((upsample_to(x, skip.shape[2:]), skip), dim=1)))
 
 
 class MixAttDecoder(nn.Module):
-    """Bridge Conv3x3-BN-ReLU on the deepest map, then MixAtt blocks up to the shallowest skip.
+    """Bridge (Conv3x3-BN-ReLU + :class:`MixAttention`) on the deepest map, then MixAtt blocks up to the
+    shallowest skip: one mixing-attention stage per decoder level.
 
     Args:
         widths: fused widths, shallowest first (FIAS: 32, 64, 128, 256); block i (deep -> shallow) outputs
             the width of its skip.
-        heads: maximum MHSA heads per block, deep -> shallow (one per skip); each block uses
-            :func:`head_count` (the largest divisor of its width not above it).
+        heads: maximum MHSA heads per decoder level, deep -> shallow (bridge first; FIAS 8/6/4/2); each level
+            uses :func:`head_count` (the largest divisor of its width not above it).
         mca_variant, mca_pool_sizes, dropout: see :class:`MixAttBlock`.
 
     Forward: the fused maps, shallowest first -> ``[bridge, block_1, ..., block_n]`` (deep -> shallow).
@@ -118,14 +132,16 @@ class MixAttDecoder(nn.Module):
                  mca_pool_sizes: Sequence[int] = (1, 2, 3), dropout: float = 0.1):
         super().__init__()
         widths = tuple(widths)
-        if len(heads) != len(widths) - 1:
-            raise InputValueError(f"MixAttDecoder: heads needs one entry per decoder block ({len(widths) - 1}), "
-                                  f"got {tuple(heads)}")
-        self.bridge = ConvBNReLU(widths[-1], widths[-1], 3)
+        if len(heads) != len(widths):
+            raise InputValueError(f"MixAttDecoder: heads needs one entry per decoder level, bridge included "
+                                  f"({len(widths)}), got {tuple(heads)}")
         deep = widths[::-1]
-        self.num_heads = tuple(head_count(deep[i + 1], h) for i, h in enumerate(heads))
+        self.num_heads = tuple(head_count(w, h) for w, h in zip(deep, heads))
+        self.bridge = nn.Sequential(ConvBNReLU(deep[0], deep[0], 3),
+                                    MixAttention(deep[0], self.num_heads[0], mca_variant, mca_pool_sizes))
         self.blocks = nn.ModuleList(
-            MixAttBlock(deep[i], deep[i + 1], deep[i + 1], self.num_heads[i], mca_variant, mca_pool_sizes, dropout)
+            MixAttBlock(deep[i], deep[i + 1], deep[i + 1], self.num_heads[i + 1], mca_variant, mca_pool_sizes,
+                        dropout)
             for i in range(len(widths) - 1))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:

@@ -19,10 +19,10 @@ from _model_checks import fwd_bwd
 
 # DilateFormer stage widths 6/12/24/48 (3 heads: one per dilation), DMK / decoder width 8, one block per stage
 TINY = dict(widths=(8, 8, 8, 8), embed_dim=6, depths=(1, 1, 1, 1), num_heads=(3, 3, 3, 3), stem_hidden=4,
-            decoder_heads=(2, 2, 2))
+            decoder_heads=(2, 2, 2, 2))
 
-DEFAULT_PARAMS = 19_999_501
-DEFAULT_FLOPS_224 = 9_201_861_376  # FlopCounterMode, SDPA on the math backend (see the test)
+DEFAULT_PARAMS = 20_886_605
+DEFAULT_FLOPS_224 = 9_287_812_864  # FlopCounterMode, SDPA on the math backend (see the test)
 
 
 def n_params(m):
@@ -89,7 +89,7 @@ def test_default_model_widths_heads_and_forward():
         y = net(torch.randn(1, 1, 64, 96))
     assert y.shape == (1, 9, 64, 96) and torch.isfinite(y).all()
     assert net.global_encoder.channels == (72, 144, 288, 576) and net.local_encoder.channels == (32, 64, 128, 256)
-    assert net.decoder.num_heads == (4, 4, 2)  # 6 does not divide 128 -> 4
+    assert net.decoder.num_heads == (8, 4, 4, 2)  # 6 does not divide 128 -> 4
     assert [f.reduce.in_channels for f in net.fusions] == [104, 208, 416, 832]
     assert head_count(128, 6) == 4 and head_count(64, 4) == 4 and head_count(10, 4) == 2 and head_count(3, 8) == 3
 
@@ -229,8 +229,8 @@ def test_bad_arguments():
         FIAS(2, 1, 9, num_heads=(3, 4, 12, 24))
     with pytest.raises(ValueError, match=r"num_heads\[2\]=7 must divide the stage width"):
         FIAS(2, 1, 9, num_heads=(3, 6, 7, 24))
-    with pytest.raises(ValueError, match="decoder_heads must be 3 positive ints"):
-        FIAS(2, 1, 9, decoder_heads=(8, 6, 4, 2))
+    with pytest.raises(ValueError, match="decoder_heads must be 4 positive ints"):
+        FIAS(2, 1, 9, decoder_heads=(6, 4, 2))
     with pytest.raises(ValueError, match="did you mean 'spatial'"):
         FIAS(2, 1, 9, mca_variant="spatail")
 
