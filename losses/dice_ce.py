@@ -4,7 +4,7 @@
   squared_pred, smooth_nr, smooth_dr, batch, lambda_dice, lambda_ce) for integer label targets.
 * :class:`BCEDiceLoss`: LGMSNet 2D ``0.5 * BCEWithLogits + Dice`` (sigmoid, per-sample plain Dice, 1e-5).
 * :class:`DeepSupervisionDiceCE`: the same Dice + CE on several maps with fixed weights (coarse maps are
-  upsampled to the labels, one fused call).
+  upsampled to the labels inside the kernels, one fused call).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from segfuse.kernels.multi_logit_loss import multi_logit_dice_ce
+from segfuse.kernels.multi_logit_loss.function import check_validate, next_validate
 
 
 class DiceCELoss(nn.Module):
@@ -24,7 +25,10 @@ class DiceCELoss(nn.Module):
     ``(B, *spatial)``; for a single sigmoid channel the labels are used as the 0/1 target, as MONAI
     does), sigmoid / softmax (exactly one; sigmoid with C == 1 uses BCE-with-logits like MONAI, with
     C > 1 it uses per-channel BCE where MONAI would use softmax CE), squared_pred, smooth_nr,
-    smooth_dr, batch, lambda_dice, lambda_ce. ``reduction`` is "mean" only.
+    smooth_dr, batch, lambda_dice, lambda_ce. ``reduction`` is "mean" only. ``validate``: label-range and
+    NaN/Inf checks, "first" (default): raise with the details on the first call, then only an asynchronous
+    device-side check on CUDA (no host sync per step); ``True`` every call (one host read each), ``"async"``,
+    ``False`` (see :func:`segfuse.kernels.multi_logit_loss.multi_logit_dice_ce`).
 
     Example:
         >>> loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -34,7 +38,7 @@ class DiceCELoss(nn.Module):
     def __init__(self, include_background: bool = True, to_onehot_y: bool = True, sigmoid: bool = False,
                  softmax: bool = True, squared_pred: bool = False, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, batch: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                 validate: bool = True):
+                 validate="first"):
         super().__init__()
         if sigmoid == softmax:
             raise ValueError(f"exactly one of sigmoid / softmax must be True, got sigmoid={sigmoid}, softmax={softmax}")
@@ -43,20 +47,23 @@ class DiceCELoss(nn.Module):
                              "with to_onehot_y=True")
         if lambda_dice < 0 or lambda_ce < 0:
             raise ValueError(f"lambda_dice and lambda_ce must be >= 0, got {lambda_dice}, {lambda_ce}")
+        self.validate = check_validate(validate, module=True)
+        self._validated = False
         self.kw = dict(ce_weight=lambda_ce, dice_weight=lambda_dice, sigmoid=sigmoid, squared=squared_pred,
                        batch=batch, include_background=include_background, smooth_nr=smooth_nr,
-                       smooth_dr=smooth_dr, validate=validate, weight_mode="fixed")
+                       smooth_dr=smooth_dr, weight_mode="fixed")
         self.register_buffer("_one", torch.ones(1), persistent=False)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return multi_logit_dice_ce([input], target, self._one.to(input.device), **self.kw)
+        validate, self._validated = next_validate(self.validate, self._validated)
+        return multi_logit_dice_ce([input], target, self._one.to(input.device), validate=validate, **self.kw)
 
 
 class BCEDiceLoss(DiceCELoss):
     """LGMSNet 2D loss: ``0.5 * BCEWithLogits + Dice``, Dice = 1 - mean over samples of
     ``(2 sum p t + 1e-5) / (sum p + sum t + 1e-5)`` with ``p = sigmoid``. Logits ``(B, 1, H, W)``, labels 0/1."""
 
-    def __init__(self, validate: bool = True):
+    def __init__(self, validate="first"):
         super().__init__(include_background=True, sigmoid=True, softmax=False, squared_pred=False, batch=False,
                          lambda_dice=1.0, lambda_ce=0.5, validate=validate)
 
@@ -66,14 +73,15 @@ class DeepSupervisionDiceCE(nn.Module):
 
     Maps come coarse -> fine, as every model in :mod:`segfuse.models` returns them; maps coarser than the
     labels are upsampled to the label size (LoMix / MERIT style; nnU-Net instead downsamples the labels,
-    which is not what this does). ``weights`` default to nnU-Net's ``1/2^k`` for the map ``k`` steps
-    coarser than the finest one (the last map gets the largest weight), normalised to sum 1. Dice options
-    default to MONAI's (plain denominators, per sample); other keyword arguments go to
-    :func:`multi_logit_dice_ce`.
+    which is not what this does; the kernels read each map at its own resolution and upsample it in
+    registers). ``weights`` default to nnU-Net's ``1/2^k`` for the map ``k`` steps coarser than the finest
+    one (the last map gets the largest weight), normalised to sum 1. Dice options default to MONAI's
+    (plain denominators, per sample); ``validate`` as :class:`DiceCELoss` ("first"); other keyword
+    arguments (e.g. ``upsample="nearest"``) go to :func:`multi_logit_dice_ce`.
     """
 
     def __init__(self, num_maps: int, weights: Sequence[float] | None = None, lambda_dice: float = 1.0,
-                 lambda_ce: float = 1.0, squared: bool = False, batch: bool = False, **dice_kw):
+                 lambda_ce: float = 1.0, squared: bool = False, batch: bool = False, validate="first", **dice_kw):
         super().__init__()
         if weights is None:
             w = torch.tensor([0.5 ** (num_maps - 1 - i) for i in range(num_maps)])  # finest (last) largest
@@ -83,8 +91,12 @@ class DeepSupervisionDiceCE(nn.Module):
         if w.numel() != num_maps:
             raise ValueError(f"weights must hold num_maps={num_maps} values, got {w.numel()}")
         self.register_buffer("weights", w.float(), persistent=False)
+        self.validate = check_validate(validate, module=True)
+        self._validated = False
         self.kw = dict(ce_weight=lambda_ce, dice_weight=lambda_dice, weight_mode="fixed", squared=squared,
                        batch=batch, **dice_kw)
 
     def forward(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        return multi_logit_dice_ce(list(logits), target, self.weights.to(logits[0].device), **self.kw)
+        validate, self._validated = next_validate(self.validate, self._validated)
+        return multi_logit_dice_ce(list(logits), target, self.weights.to(logits[0].device), validate=validate,
+                                   **self.kw)

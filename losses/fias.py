@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from segfuse.kernels.multi_logit_loss import multi_logit_dice_ce, num_supervised_maps
+from segfuse.kernels.multi_logit_loss.function import check_validate, next_validate
 from segfuse.kernels.utils import look_up_option
 
 AUX_COMBINE = {"mean": "mean", "sum": "add"}
@@ -32,7 +33,9 @@ class FIASLoss(nn.Module):
         num_maps: number of maps the model returns in training (``A + 1``; the last is the main output).
         aux_combine: "mean" (FIAS scaffold: a subset's auxiliary logits are averaged) or "sum" (MERIT).
         ce_weight, dice_weight: 0.6 / 0.4 (FIAS).
-        validate: label-range and NaN checks (see :func:`segfuse.kernels.multi_logit_loss.multi_logit_dice_ce`).
+        validate: label-range and NaN checks, "first" (default: raise with the details on the first call, then
+            only asynchronous checks on CUDA, no host sync per step), ``True``, ``"async"`` or ``False`` (see
+            :func:`segfuse.kernels.multi_logit_loss.multi_logit_dice_ce`).
 
     Forward: ``maps`` list of ``(B, C, *spatial_k)`` logits, ``target (B, *spatial)`` or ``(B, 1, *spatial)``
     integer labels at the finest resolution. Returns the fp32 scalar
@@ -45,7 +48,7 @@ class FIASLoss(nn.Module):
     """
 
     def __init__(self, num_maps: int = 4, aux_combine: str = "mean", ce_weight: float = 0.6,
-                 dice_weight: float = 0.4, validate: bool = True):
+                 dice_weight: float = 0.4, validate="first"):
         super().__init__()
         if not isinstance(num_maps, int) or isinstance(num_maps, bool) or num_maps < 2:
             raise ValueError(f"num_maps must be an int >= 2 (auxiliary maps + the main output), got {num_maps!r}")
@@ -56,8 +59,10 @@ class FIASLoss(nn.Module):
         T = num_supervised_maps(A, self.aux_ops)  # = 2^A - 1: every non-empty subset once
         self.register_buffer("main_weight", torch.ones(1), persistent=False)
         self.register_buffer("aux_weights", torch.full((T,), 1.0 / T), persistent=False)
+        self.validate = check_validate(validate, module=True)
+        self._validated = False
         self.kw = dict(ce_weight=ce_weight, dice_weight=dice_weight, weight_mode="fixed", squared=False,
-                       batch=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5, validate=validate)
+                       batch=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
     @property
     def names(self):
@@ -70,6 +75,8 @@ class FIASLoss(nn.Module):
             raise ValueError(f"maps must be a list of num_maps={self.num_maps} logit tensors "
                              f"[aux_1 .. aux_{self.num_maps - 1}, main], got {got}")
         dev = maps[-1].device
-        main = multi_logit_dice_ce([maps[-1]], target, self.main_weight.to(dev), **self.kw)
-        aux = multi_logit_dice_ce(list(maps[:-1]), target, self.aux_weights.to(dev), ops=self.aux_ops, **self.kw)
+        validate, self._validated = next_validate(self.validate, self._validated)
+        main = multi_logit_dice_ce([maps[-1]], target, self.main_weight.to(dev), validate=validate, **self.kw)
+        aux = multi_logit_dice_ce(list(maps[:-1]), target, self.aux_weights.to(dev), ops=self.aux_ops,
+                                  validate=validate, **self.kw)
         return main + aux

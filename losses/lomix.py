@@ -10,6 +10,7 @@ from torch import nn
 from segfuse.kernels.utils import check_spatial_dims, look_up_option
 from segfuse.kernels.multi_logit_loss import (LOMIX_OPS, OPS, attn_rows, concat_rows, map_names, multi_logit_dice_ce,
                                               num_supervised_maps, subsets, transform_weights)
+from segfuse.kernels.multi_logit_loss.function import check_validate, next_validate
 
 _WEIGHT_MODES = {"free": "softplus", "normalized": "normalized"}
 _CONCAT_MODES = ("learned", "random")
@@ -20,7 +21,8 @@ class LoMixLoss(nn.Module):
     ``op(S)`` (op in ``operators``, S a subset of size 2..M) is supervised with
     ``ce_weight * CE + dice_weight * Dice`` and a learnable softplus weight.
 
-    The mutants are built inside the fused loss kernels per voxel tile and never written to memory.
+    The mutants are built inside the fused loss kernels per voxel tile and never written to memory; maps
+    coarser than the labels are read at their own resolution and upsampled in registers.
 
     Args:
         num_maps: M, number of decoder logit maps (any; ``T = M + len(operators) (2^M - 1 - M)`` supervised maps).
@@ -36,7 +38,9 @@ class LoMixLoss(nn.Module):
         ce_weight, dice_weight: 0.3 / 0.7 as released.
         squared, batch, include_background, smooth_nr, smooth_dr: Dice options (released LoMix: squared
             denominators, batch-global sums, background included, 1e-5 / 1e-5).
-        validate: in-pass label / NaN checks that raise ``ValueError``.
+        validate: in-pass label / NaN checks. "first" (default): the first call raises ``ValueError`` with
+            the details, later calls only check asynchronously on CUDA (``torch._assert_async``, no host sync
+            per step); ``True``: every call (one host read each); ``"async"``; ``False``.
 
     Parameters: ``raw_weights (T,)`` zeros (``softplus(0) = ln 2``); ``concat_weight (R_c, C, C)``,
     ``concat_bias (n_subsets, C)`` ("concat", learned); ``attn_weight (R_a, C)``, ``attn_bias (R_a,)``
@@ -54,7 +58,7 @@ class LoMixLoss(nn.Module):
                  weight_mode: str = "free", concat: str = "learned", ce_weight: float = 0.3,
                  dice_weight: float = 0.7, squared: bool = True, batch: bool = True,
                  include_background: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                 validate: bool = True):
+                 validate="first"):
         super().__init__()
         if not isinstance(num_maps, int) or num_maps < 1:
             raise ValueError(f"num_maps must be a positive int, got {num_maps!r}")
@@ -69,9 +73,10 @@ class LoMixLoss(nn.Module):
         self.weight_mode = look_up_option("weight_mode", weight_mode, tuple(_WEIGHT_MODES))
         self.concat = look_up_option("concat", concat, _CONCAT_MODES)
         self.num_maps, self.num_classes, self.operators = num_maps, num_classes, ops
+        self.validate = check_validate(validate, module=True)
+        self._validated = False
         self.kw = dict(ce_weight=ce_weight, dice_weight=dice_weight, squared=squared, batch=batch,
-                       include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                       validate=validate)
+                       include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
         C, M = num_classes, num_maps
         self.raw_weights = nn.Parameter(torch.zeros(num_supervised_maps(M, ops)))
         fan = torch.tensor([len(s) * C for s in subsets(M) for _ in s], dtype=torch.float32)
@@ -109,7 +114,8 @@ class LoMixLoss(nn.Module):
         return (torch.rand(fan.numel(), self.num_classes, device=device) * 2 - 1) / fan.sqrt()[:, None]
 
     def forward(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """``logits``: M maps ``(B, C, *spatial)`` coarse to fine (coarser ones are upsampled to the label size);
+        """``logits``: M maps ``(B, C, *spatial)`` coarse to fine (coarser ones are upsampled to the label size,
+        bilinear / trilinear, inside the kernels);
         ``target``: integer labels ``(B, *spatial)``. Returns the fp32 scalar loss."""
         if isinstance(logits, torch.Tensor):
             logits = list(logits.unbind(0))
@@ -123,10 +129,11 @@ class LoMixLoss(nn.Module):
         if "concat" in self.operators and self.concat == "random":
             dev = logits[0].device
             cw, cb = self._draw_concat_weight(dev), self._draw_concat_bias(dev)
+        validate, self._validated = next_validate(self.validate, self._validated)
         loss, per_map = multi_logit_dice_ce(
             logits, target, self.raw_weights, ops=self.operators, concat_weight=cw, concat_bias=cb,
             attn_weight=self.attn_weight, attn_bias=self.attn_bias, weight_mode=_WEIGHT_MODES[self.weight_mode],
-            return_per_map=True, **self.kw)
+            return_per_map=True, validate=validate, **self.kw)
         self.last_per_map_loss = per_map.detach()
         return loss
 

@@ -1,14 +1,19 @@
 """Functional API, input guard, autograd Function and registered ops of the fused multi-logit loss.
 
 Data path (both backends): :func:`multi_logit_dice_ce` -> :func:`_guard` (every argument check, once)
--> upsampling of coarse maps (``F.interpolate``, differentiable) -> :class:`MultiLogitDiceCEFunction`
+-> :class:`MultiLogitDiceCEFunction` (maps at their own resolutions: the kernels upsample coarse maps in
+registers and write their gradients at their own resolution; the reference uses ``F.interpolate``)
 -> ``torch.ops.segfuse.mll_fwd`` / ``mll_bwd`` (custom ops with fake implementations, so
 ``torch.compile`` traces through without graph breaks) -> dispatch: Triton launchers
 (:mod:`.triton`) or the eager reference (:mod:`.reference`). The Function takes the backend from
 :func:`segfuse.kernels.dispatch.backend_for` once, in the forward, and hands it to both ops: the Triton backward
 reads buffers only the Triton forward writes.
 Value checks (labels in range, finite logits) are counted in-pass by the kernels and by torch ops on the
-reference path, and raised by the same function with the same message.
+reference path; the counts stay on the device. ``validate=True`` reads them back and raises (one small
+device->host read per call) with the same function and message on both paths; ``"async"`` checks them
+with ``torch._assert_async`` on CUDA (no host sync; the error surfaces at the next synchronisation) and
+not at all on other devices; ``False`` skips them. The loss modules default to ``"first"``: the first
+call of a module validates like ``True``, later calls like ``"async"`` (:func:`next_validate`).
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import torch
 
 from ..dispatch import backend_for
 from ..utils import (FLOAT_DTYPES, INT_DTYPES, InputShapeError, InputTypeError, InputValueError, check_same,
-                     check_shape, check_tensor, look_up_option, upsample_to)
+                     check_shape, check_tensor, look_up_option)
 from . import reference
+from .geometry import UPSAMPLE_MODES
 from .layout import ParamGradLayout, ResultVector
 from .reference import LOSS_OPTIONS, OPS, WEIGHT_MODES, attn_rows, concat_rows, num_supervised_maps, subsets
 
@@ -27,12 +33,51 @@ from .reference import LOSS_OPTIONS, OPS, WEIGHT_MODES, attn_rows, concat_rows, 
 def raise_bad_inputs(bad: Sequence[float], num_classes: int, sigmoid: bool) -> None:
     """Raise for the first nonzero count of ``bad`` = [NaN/Inf count per map ..., bad label count]."""
     if bad[-1] > 0:
-        hi = 1 if (sigmoid and num_classes == 1) else num_classes - 1
+        hi = _label_hi(num_classes, sigmoid)
         raise InputValueError(f"target holds {int(bad[-1])} labels outside [0, {hi}] (negative or >= "
                               f"num_classes={num_classes})")
     for i, n in enumerate(bad[:-1]):
         if n > 0:
             raise InputValueError(f"logits[{i}] contains {int(n)} NaN or Inf values")
+
+
+def _label_hi(num_classes: int, sigmoid: bool) -> int:
+    return 1 if (sigmoid and num_classes == 1) else num_classes - 1
+
+
+def _check_bad_inputs(bad: torch.Tensor, num_classes: int, sigmoid: bool, mode: str) -> None:
+    """Act on the ``(M + 1,)`` bad-input counts (device tensor) as ``mode`` says: "sync" reads them back and
+    raises (:func:`raise_bad_inputs`); "async" queues a device-side assertion on CUDA (no host sync) and does
+    nothing elsewhere; "off" nothing."""
+    if mode == "sync":
+        raise_bad_inputs(bad.tolist(), num_classes, sigmoid)
+    elif mode == "async" and bad.is_cuda:
+        torch._assert_async(bad.sum() == 0, ASYNC_MESSAGE.format(hi=_label_hi(num_classes, sigmoid)))
+
+
+ASYNC_MESSAGE = ("multi_logit_dice_ce: the target holds labels outside [0, {hi}] or a logit map holds NaN/Inf "
+                 "values (asynchronous check; validate=True raises with the map and the count)")
+VALIDATE_OPTIONS = (True, False, "async")
+MODULE_VALIDATE_OPTIONS = (True, False, "async", "first")
+_VALIDATE_MODE = {True: "sync", False: "off", "async": "async"}
+
+
+def check_validate(value, module: bool = False):
+    """``value`` if it is a valid ``validate`` option (``MODULE_VALIDATE_OPTIONS`` for the loss modules)."""
+    allowed = MODULE_VALIDATE_OPTIONS if module else VALIDATE_OPTIONS
+    if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
+        raise InputValueError(f"validate must be one of {allowed}, got {value!r}"
+                              + ("" if module else " ('first' is an option of the loss modules)"))
+    return value
+
+
+def next_validate(setting, done: bool):
+    """``(validate for this call, done after it)`` of a loss module whose option is ``setting`` and that has
+    (``done``) or has not validated yet: "first" validates on the first call (``True``: raises with the
+    details) and then checks asynchronously (``"async"``: no host sync); other settings pass through."""
+    if setting == "first":
+        return (True if not done else "async"), True
+    return setting, done
 
 
 def _ops_tuple(ops: str) -> tuple:
@@ -45,28 +90,31 @@ def _mll_fwd_op(maps: List[torch.Tensor], target: torch.Tensor, raw_weights: tor
                 concat_weight: Optional[torch.Tensor], concat_bias: Optional[torch.Tensor],
                 attn_weight: Optional[torch.Tensor], attn_bias: Optional[torch.Tensor], ops: str,
                 weight_mode: str, ce_weight: float, dice_weight: float, sigmoid: bool, squared: bool,
-                batch: bool, include_background: bool, smooth_nr: float, smooth_dr: float,
-                validate: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                batch: bool, include_background: bool, smooth_nr: float, smooth_dr: float, upsample: str,
+                validate: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = dict(weight_mode=weight_mode, ce_weight=ce_weight, dice_weight=dice_weight, sigmoid=sigmoid,
                squared=squared, batch=batch, include_background=include_background, smooth_nr=smooth_nr,
-               smooth_dr=smooth_dr)
+               smooth_dr=smooth_dr, upsample=upsample)
     params = (concat_weight, concat_bias, attn_weight, attn_bias)
     C = maps[0].shape[1]
     if backend == "triton":
         from .triton import mll_forward
 
         res, coef = mll_forward(maps, target, raw_weights, _ops_tuple(ops), *params, **cfg)
-        if validate:
-            raise_bad_inputs(ResultVector(raw_weights.numel(), len(maps)).field(res, "bad").tolist(), C, sigmoid)
+        _check_bad_inputs(ResultVector(raw_weights.numel(), len(maps)).field(res, "bad"), C, sigmoid, validate)
         return res, coef
-    if validate:
-        raise_bad_inputs(reference.count_bad_inputs(maps, target, C, sigmoid).tolist(), C, sigmoid)
-    return reference.mll_forward_reference(maps, target, raw_weights, _ops_tuple(ops), *params, **cfg)
+    if validate == "sync":  # raise before computing anything (the counts are computed again in res)
+        _check_bad_inputs(reference.count_bad_inputs(maps, target, C, sigmoid), C, sigmoid, validate)
+    res, coef = reference.mll_forward_reference(maps, target, raw_weights, _ops_tuple(ops), *params, **cfg)
+    if validate == "async":
+        _check_bad_inputs(ResultVector(raw_weights.numel(), len(maps)).field(res, "bad"), C, sigmoid, validate)
+    return res, coef
 
 
 @_mll_fwd_op.register_fake
 def _(maps, target, raw_weights, concat_weight, concat_bias, attn_weight, attn_bias, ops, weight_mode,
-      ce_weight, dice_weight, sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, validate, backend):
+      ce_weight, dice_weight, sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, upsample, validate,
+      backend):
     T, (B, C) = raw_weights.numel(), maps[0].shape[:2]
     res = maps[0].new_empty(ResultVector(T, len(maps)).size, dtype=torch.float32)
     coef = maps[0].new_empty((1 if batch else B, 2, T, C), dtype=torch.float32)
@@ -79,24 +127,24 @@ def _mll_bwd_op(grad_out: torch.Tensor, maps: List[torch.Tensor], target: torch.
                 attn_weight: Optional[torch.Tensor], attn_bias: Optional[torch.Tensor], res: torch.Tensor,
                 coef: torch.Tensor, ops: str, weight_mode: str, ce_weight: float, dice_weight: float,
                 sigmoid: bool, squared: bool, batch: bool, include_background: bool, smooth_nr: float,
-                smooth_dr: float, concat_grad: bool, backend: str
+                smooth_dr: float, upsample: str, concat_grad: bool, backend: str
                 ) -> tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
     params = (concat_weight, concat_bias, attn_weight, attn_bias)
     if backend == "triton":
         from .triton import mll_backward
 
         return mll_backward(grad_out, maps, target, raw_weights, _ops_tuple(ops), *params, res, coef,
-                            sigmoid=sigmoid, squared=squared, batch=batch, concat_grad=concat_grad)
+                            sigmoid=sigmoid, squared=squared, batch=batch, concat_grad=concat_grad, upsample=upsample)
     return reference.mll_backward_reference(
         grad_out, maps, target, raw_weights, _ops_tuple(ops), *params, weight_mode=weight_mode,
         ce_weight=ce_weight, dice_weight=dice_weight, sigmoid=sigmoid, squared=squared, batch=batch,
-        include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+        include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr, upsample=upsample)
 
 
 @_mll_bwd_op.register_fake
 def _(grad_out, maps, target, raw_weights, concat_weight, concat_bias, attn_weight, attn_bias, res, coef, ops,
       weight_mode, ce_weight, dice_weight, sigmoid, squared, batch, include_background, smooth_nr, smooth_dr,
-      concat_grad, backend):
+      upsample, concat_grad, backend):
     size = ParamGradLayout(len(maps), maps[0].shape[1]).size
     return ([torch.empty_like(x) for x in maps], raw_weights.new_empty(raw_weights.shape, dtype=torch.float32),
             maps[0].new_empty(size, dtype=torch.float32))
@@ -229,14 +277,15 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
                         weight_mode: str = "softplus", ce_weight: float = 0.3, dice_weight: float = 0.7,
                         sigmoid: bool = False, squared: bool = True, batch: bool = True,
                         include_background: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                        validate: bool = True, return_per_map: bool = False):
+                        upsample: str = "linear", validate=True, return_per_map: bool = False):
     """``sum_t w_t * (ce_weight * CE_t + dice_weight * Dice_t)`` over base and mutant maps, fused.
 
     Args:
         logits: M maps ``(B, C, *spatial)`` (2D or 3D; fp32/fp16/bf16, all the same dtype; any M) as a list,
             coarse to fine in any order, or one stacked ``(M, B, C, *spatial)`` tensor. A map coarser than
-            ``target`` by an integer factor per axis is upsampled (bilinear/trilinear, ``align_corners=False``)
-            first.
+            ``target`` by an integer factor per axis is upsampled to it (``upsample``), as
+            ``F.interpolate(..., align_corners=False)`` does; the kernels read it at its own resolution,
+            interpolate in registers and write its gradient at its own resolution.
         target: integer labels ``(B, *spatial)`` or ``(B, 1, *spatial)`` (uint8 .. int64). Softmax: values in
             ``[0, C)``; sigmoid with C == 1: values in {0, 1}.
         raw_weights: ``(T,)`` with ``T = M + len(ops) * (2^M - 1 - M)`` supervised maps (base maps first, then
@@ -253,8 +302,12 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
         batch: Dice sums over the batch (True) or per sample then averaged.
         include_background: include class 0 in the Dice mean (CE always uses every class, as MONAI).
         smooth_nr, smooth_dr: Dice smoothing of numerator / denominator.
-        validate: check labels and NaN/Inf logits (counted in-pass on the Triton path) and raise
-            ``ValueError``; costs one tiny device->host read per call.
+        upsample: "linear" (bilinear / trilinear, ``align_corners=False``; LoMix, MERIT) or "nearest".
+        validate: labels in range and finite logits (counted in-pass on the Triton path). ``True``: raise
+            ``ValueError`` naming the fault (one tiny device->host read per call); ``"async"``: on CUDA a
+            device-side assertion (``torch._assert_async``, no host sync; fails at the next synchronisation),
+            elsewhere no check; ``False``: no check. (The loss modules default to "first": ``True`` on their
+            first call, then ``"async"``.)
         return_per_map: also return the ``(T,)`` per-map losses (not differentiable).
     Returns:
         fp32 scalar loss (and the per-map losses).
@@ -267,12 +320,13 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
     maps, target, ops, weight_mode, (cw, cb, aw, ab) = _guard(
         logits, target, raw_weights, ops, (concat_weight, concat_bias, attn_weight, attn_bias), weight_mode,
         ce_weight, dice_weight)
-    size = tuple(target.shape[1:])
-    maps = [upsample_to(x, size).contiguous() for x in maps]
+    upsample = look_up_option("upsample", upsample, UPSAMPLE_MODES)
+    validate = _VALIDATE_MODE[check_validate(validate)]
+    maps = [x.contiguous() for x in maps]
     cfg = dict(ops=",".join(ops), weight_mode=weight_mode, ce_weight=float(ce_weight),
                dice_weight=float(dice_weight), sigmoid=bool(sigmoid), squared=bool(squared), batch=bool(batch),
                include_background=bool(include_background), smooth_nr=float(smooth_nr),
-               smooth_dr=float(smooth_dr), validate=bool(validate))
+               smooth_dr=float(smooth_dr), upsample=upsample, validate=validate)
     loss, per_map = MultiLogitDiceCEFunction.apply(target.contiguous(), raw_weights.float().contiguous(),
                                                    cw, cb, aw, ab, cfg, *maps)
     return (loss, per_map) if return_per_map else loss

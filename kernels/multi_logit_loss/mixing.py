@@ -10,7 +10,9 @@ the member ``i`` of a subset uses concat / attention row ``first + its rank amon
 rows in the reference's map order.
 
 Base-map tiles travel as tuples of ``(C_PAD, BLOCK)`` register tiles, one per map (any number of maps:
-tuples are built, indexed and updated with constexpr indices inside ``tl.static_range`` loops).
+tuples are built, indexed and updated with constexpr indices inside ``tl.static_range`` loops). A map
+coarser than the labels is read at its own resolution and upsampled in registers (:func:`load_upsampled`,
+the rule of :mod:`.geometry`); ``SCALES`` (per map ``(sz, sy, sx)``) is a constexpr tuple.
 
 Adding an operator: its eager semantics in :mod:`.reference` (name in ``OPS`` + a branch of
 ``mix_maps``), and here a code constant and a branch in :func:`mix` and :func:`mix_grad`.
@@ -69,14 +71,86 @@ def descriptors(M: int, ops, device) -> torch.Tensor:
 # costs more than the arithmetic it wraps)
 @register_device_function
 @triton.jit
-def load_maps(maps, row, v, m2, M: tl.constexpr):
-    """``(x_0 .. x_{M-1})``: each base map's ``(C_PAD, BLOCK)`` tile in fp32.
+def source_index(c, n, S: tl.constexpr, NEAREST: tl.constexpr):
+    """``(i0, i1, lam)``: the two cells (of ``n``) that fine coordinate(s) ``c`` (int32) read along one axis of a
+    map upsampled by the integer factor ``S``, and the weight of ``i1`` (fp32): ``F.interpolate(align_corners=
+    False)``, source coordinate ``max((c + 0.5) / S - 0.5, 0)`` (``i0`` its exact integer floor, ``lam``
+    computed in fp32 as PyTorch does), clamped at the last cell; nearest: ``c // S``. (geometry.py has the
+    host copy of this rule.)"""
+    lam = c.to(tl.float32) * 0.0
+    if S == 1:
+        i0 = c
+        i1 = c
+    elif NEAREST:
+        i0 = c // S
+        i1 = i0
+    else:
+        i0 = tl.maximum(2 * c + (1 - S), 0) // (2 * S)
+        i1 = tl.minimum(i0 + 1, n - 1)
+        src = tl.maximum((c.to(tl.float32) + 0.5) * (1.0 / S) - 0.5, 0.0)
+        lam = tl.minimum(tl.maximum(src - i0.to(tl.float32), 0.0), 1.0)
+    return i0, i1, lam
 
-    maps: M pointers to ``(B, C, S)`` logits; row: ``(C_PAD, 1)`` element offset ``(b C + c) S``;
-    v: ``(BLOCK,)`` voxel indices; m2: ``(C_PAD, BLOCK)`` validity."""
+
+@register_device_function
+@triton.jit
+def load_upsampled(ptr, rowoff, pz, py, px, m, D, H, W, SZ: tl.constexpr, SY: tl.constexpr, SX: tl.constexpr,
+                   NEAREST: tl.constexpr):
+    """fp32 values of one coarse map at fine voxels ``(pz, py, px)`` (``(BLOCK,)`` int32 each), interpolated in
+    registers from its own grid ``(D / SZ, H / SY, W / SX)`` (bilinear / trilinear over the axes with a factor
+    > 1, or nearest). ``rowoff``: element offset of the ``(b, c)`` plane(s), ``(C_PAD, 1)`` or a scalar;
+    ``m``: validity of the result's shape. Corners are gathered from the coarse map (L1/L2 hits on a GPU)."""
+    nz = D // SZ
+    ny = H // SY
+    nx = W // SX
+    z0, z1, lz = source_index(pz, nz, SZ, NEAREST)
+    y0, y1, ly = source_index(py, ny, SY, NEAREST)
+    x0, x1, lx = source_index(px, nx, SX, NEAREST)
+    base = ptr + rowoff
+    o00 = (z0 * ny + y0) * nx
+    val = tl.load(base + o00 + x0, mask=m, other=0.0).to(tl.float32)
+    if SX > 1 and not NEAREST:
+        val = val * (1.0 - lx) + tl.load(base + o00 + x1, mask=m, other=0.0).to(tl.float32) * lx
+    if SY > 1 and not NEAREST:
+        o01 = (z0 * ny + y1) * nx
+        v1 = tl.load(base + o01 + x0, mask=m, other=0.0).to(tl.float32)
+        if SX > 1:
+            v1 = v1 * (1.0 - lx) + tl.load(base + o01 + x1, mask=m, other=0.0).to(tl.float32) * lx
+        val = val * (1.0 - ly) + v1 * ly
+    if SZ > 1 and not NEAREST:
+        o10 = (z1 * ny + y0) * nx
+        w0 = tl.load(base + o10 + x0, mask=m, other=0.0).to(tl.float32)
+        if SX > 1:
+            w0 = w0 * (1.0 - lx) + tl.load(base + o10 + x1, mask=m, other=0.0).to(tl.float32) * lx
+        if SY > 1:
+            o11 = (z1 * ny + y1) * nx
+            w1 = tl.load(base + o11 + x0, mask=m, other=0.0).to(tl.float32)
+            if SX > 1:
+                w1 = w1 * (1.0 - lx) + tl.load(base + o11 + x1, mask=m, other=0.0).to(tl.float32) * lx
+            w0 = w0 * (1.0 - ly) + w1 * ly
+        val = val * (1.0 - lz) + w0 * lz
+    return val
+
+
+@register_device_function
+@triton.jit
+def load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M: tl.constexpr, C: tl.constexpr, SCALES: tl.constexpr,
+              NEAREST: tl.constexpr):
+    """``(x_0 .. x_{M-1})``: each base map's ``(C_PAD, BLOCK)`` tile in fp32 at the fine voxels of the tile.
+
+    maps: M pointers to ``(B, C, *S_i)`` logits (map ``i`` at ``S / SCALES[i]``); b: sample (int64); cls:
+    ``(C_PAD,)`` class indices; pz, py, px: ``(BLOCK,)`` fine coordinates, v their flat index; m2:
+    ``(C_PAD, BLOCK)`` validity. A map at the label size is loaded directly, a coarser one upsampled in
+    registers (:func:`load_upsampled`)."""
     xs = ()
     for i in tl.static_range(M):
-        xs = xs + (tl.load(maps[i] + row + v[None, :], mask=m2, other=0.0).to(tl.float32),)
+        if SCALES[i][0] * SCALES[i][1] * SCALES[i][2] == 1:
+            xs = xs + (tl.load(maps[i] + (b * C + cls[:, None]) * (D * H * W) + v[None, :], mask=m2,
+                               other=0.0).to(tl.float32),)
+        else:
+            s_i = (D // SCALES[i][0]) * (H // SCALES[i][1]) * (W // SCALES[i][2])
+            xs = xs + (load_upsampled(maps[i], (b * C + cls[:, None]) * s_i, pz[None, :], py[None, :], px[None, :],
+                                      m2, D, H, W, SCALES[i][0], SCALES[i][1], SCALES[i][2], NEAREST),)
     return xs
 
 
@@ -92,15 +166,17 @@ def _score(aw_ptr, ab_ptr, member, arow, x, cls, C: tl.constexpr):
 # ----------------------------------------------------------------------------- forward
 @register_device_function
 @triton.jit
-def mix(desc, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, boff, S, v, vmask,
-        M: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, OPS_MASK: tl.constexpr):
+def mix(desc, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, b, v, vmask, S,
+        M: tl.constexpr, C: tl.constexpr, BLOCK: tl.constexpr, OPS_MASK: tl.constexpr, SCALES: tl.constexpr):
     """Supervised map ``desc`` of one tile: ``(z, mx, den)``, z ``(C_PAD, BLOCK)`` fp32.
 
     base / add: sum of the members; mean: their average; mul: product; concat: 1x1 conv over the concatenated members
     (+ bias); attention: softmax over the members of a per-member score, weighted sum. ``mx`` / ``den``
     are the attention softmax max and normaliser (attention only; pass 2 reuses them).
-    desc: pointer to this map's descriptor row; boff: element offset ``b C S`` of this sample (concat re-reads
-    class rows of the members). Fields other than code and members are loaded where used (registers)."""
+    desc: pointer to this map's descriptor row; b, v, vmask, S: the tile's sample, its fine voxels (flat
+    indices) and their validity, the voxels per sample; SCALES: the maps' factors (concat re-reads class
+    rows of members at the label size from L1, and takes those of coarse members from their upsampled
+    register tiles). Fields other than code and members are loaded where used (registers)."""
     op = tl.load(desc)
     msk = tl.load(desc + 1)
     x0 = xs[0]
@@ -129,10 +205,15 @@ def mix(desc, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, boff, S, v, vmask,
                 member = ((msk >> i) & 1) != 0
                 wcol = cw_ptr + row * C * C + cls * C
                 wm = (cls < C) & ((cls * 0 + member.to(tl.int32)) != 0)
-                xrow = maps[i] + boff + v
+                xm = vmask & ((v * 0 + member.to(tl.int32)) != 0)
                 for k in tl.static_range(C):
                     wk = tl.load(wcol + k, mask=wm, other=0.0)
-                    xk = tl.load(xrow + k * S, mask=vmask, other=0.0).to(tl.float32)
+                    if SCALES[i][0] * SCALES[i][1] * SCALES[i][2] == 1:
+                        xk = tl.load(maps[i] + (b * C + k) * S + v, mask=xm, other=0.0).to(tl.float32)
+                    else:
+                        # a coarse member's class row comes from its upsampled register tile (re-reading it
+                        # would mean 2^d corner loads per row and, hoisted, a pointer per corner and row)
+                        xk = tl.sum(tl.where(cls[:, None] == k, xs[i], 0.0), axis=0)
                     z += wk[:, None] * xk[None, :]
                 row += member.to(tl.int32)
             z += tl.load(cb_ptr + tl.load(desc + 2) * C + cls, mask=cls < C, other=0.0)[:, None]

@@ -2,7 +2,8 @@
 
 This is the CPU path, the test oracle and the bench's eager baseline. It mirrors the released LoMix
 loss (``SLDGroup/LoMix: trainer.py``): every base map is upsampled to the label resolution with
-``F.interpolate`` (bilinear / trilinear, ``align_corners=False``), the mutant maps are built with
+``F.interpolate`` (bilinear / trilinear, ``align_corners=False``; or nearest with ``upsample="nearest"``),
+the mutant maps are built with
 plain tensor ops (add, multiply, concatenate + 1x1 conv, attention-weighted fusion), and each of the
 ``T`` supervised maps gets ``ce_weight * CE + dice_weight * Dice`` times its mixing weight.
 
@@ -107,6 +108,15 @@ def mix_maps(base: Sequence[torch.Tensor], ops: Sequence[str], concat_weight=Non
     return out
 
 
+def upsample_maps(maps: Sequence[torch.Tensor], size, upsample: str = "linear") -> List[torch.Tensor]:
+    """Each map resized to ``size`` with ``F.interpolate`` (``upsample="linear"``: bilinear / trilinear,
+    ``align_corners=False``; ``"nearest"``); a map already at ``size`` is returned as is."""
+    size = tuple(size)
+    if upsample == "nearest":
+        return [x if tuple(x.shape[2:]) == size else F.interpolate(x, size=size, mode="nearest") for x in maps]
+    return [upsample_to(x, size) for x in maps]
+
+
 def dice_ce_terms(logits: torch.Tensor, target: torch.Tensor, *, sigmoid: bool = False,
                   squared: bool = True, batch: bool = True, include_background: bool = True,
                   smooth_nr: float = 1e-5, smooth_dr: float = 1e-5):
@@ -145,15 +155,14 @@ def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.
                                   weight_mode: str = "softplus", ce_weight: float = 0.3,
                                   dice_weight: float = 0.7, sigmoid: bool = False, squared: bool = True,
                                   batch: bool = True, include_background: bool = True,
-                                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, upsample: str = "linear",
                                   return_per_map: bool = False):
     """Eager ``sum_t w_t (ce_weight CE_t + dice_weight Dice_t)`` over the base and mutant maps.
 
     Same arguments as :func:`segfuse.kernels.multi_logit_loss.multi_logit_dice_ce`; returns the fp32
     scalar loss (and the per-map losses ``ce_weight CE_t + dice_weight Dice_t`` when asked).
     """
-    size = target.shape[1:]
-    base = [upsample_to(x, size) for x in logits]
+    base = upsample_maps(logits, target.shape[1:], upsample)
     maps = mix_maps(base, ops, concat_weight, concat_bias, attn_weight, attn_bias)
     w = transform_weights(raw_weights.float(), weight_mode)
     per_map = []
@@ -178,7 +187,23 @@ def count_bad_inputs(maps: Sequence[torch.Tensor], target: torch.Tensor, num_cla
 
 # the loss options both registered ops take, in their schema order
 LOSS_OPTIONS = ("weight_mode", "ce_weight", "dice_weight", "sigmoid", "squared", "batch", "include_background",
-                "smooth_nr", "smooth_dr")
+                "smooth_nr", "smooth_dr", "upsample")
+
+
+def _grad(fn, inputs, grad_out=None):
+    """``(fn(*inputs), d fn / d inputs)`` (vector-Jacobian product with ``grad_out``, default 1) by plain autograd on
+    detached copies of ``inputs``. A registered op's body runs below the op's own autograd (grad mode off,
+    the autograd dispatch keys excluded): both are switched back on here, for this computation only. (Not
+    ``torch.func.vjp``: inside a compiled graph's runtime the functorch keys are excluded as well, and it
+    fails with "Cannot access data pointer of Tensor that doesn't have storage".)"""
+    leaves = [x.detach().requires_grad_() for x in inputs]
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor"):
+        exclude = exclude.remove(getattr(torch._C.DispatchKey, key))
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        out = fn(*leaves)
+        grads = torch.autograd.grad(out, leaves, grad_outputs=grad_out, allow_unused=True)
+    return out.detach(), [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
 
 
 def _loss_options(cfg: dict) -> dict:
@@ -187,25 +212,25 @@ def _loss_options(cfg: dict) -> dict:
 
 def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg):
     """The registered forward op on the reference path: ``(res, coef)`` in the kernels' layouts
-    (:mod:`.layout`). ``coef`` (the Dice chain coefficients of the Triton backward) is zeros: the reference
-    backward recomputes the forward instead."""
+    (:mod:`.layout`). ``maps`` at their own resolutions (upsampled here, ``F.interpolate``). ``coef`` (the
+    Dice chain coefficients of the Triton backward) is zeros: the reference backward recomputes the forward
+    instead."""
     from .layout import ResultVector
 
     M, T = len(maps), raw_weights.numel()
     B, C = maps[0].shape[:2]
     result = ResultVector(T, M)
-    base = mix_maps(maps, ops, cw, cb, aw, ab)
+    base = mix_maps(upsample_maps(maps, target.shape[1:], cfg["upsample"]), ops, cw, cb, aw, ab)
     terms = [dice_ce_terms(z, target, sigmoid=cfg["sigmoid"], squared=cfg["squared"], batch=cfg["batch"],
                            include_background=cfg["include_background"], smooth_nr=cfg["smooth_nr"],
                            smooth_dr=cfg["smooth_dr"]) for z in base]
     ce = torch.stack([t[0] for t in terms])
     dice = torch.stack([t[1] for t in terms])
     per_map = cfg["ce_weight"] * ce + cfg["dice_weight"] * dice
-    # the registered op runs below autograd: differentiate with torch.func (d loss / d raw = J_w^T per_map)
-    w, vjp = torch.func.vjp(lambda raw: transform_weights(raw, cfg["weight_mode"]), raw_weights.float())
-    (dw,) = vjp(per_map)
+    # d loss / d raw = J_w^T per_map
+    w, (dw,) = _grad(lambda raw: transform_weights(raw, cfg["weight_mode"]), [raw_weights.float()], per_map)
     loss = (w * per_map).sum()
-    n_ce = B * maps[0][0, 0].numel() * (C if cfg["sigmoid"] else 1)
+    n_ce = B * target[0].numel() * (C if cfg["sigmoid"] else 1)
     res = torch.cat([loss.detach().reshape(1), per_map, ce, dice, dw, w.detach() * cfg["ce_weight"] / n_ce,
                      count_bad_inputs(maps, target, C, cfg["sigmoid"])]).float()
     assert res.numel() == result.size
@@ -221,18 +246,19 @@ def mll_backward_reference(grad_out, maps, target, raw_weights, ops, cw, cb, aw,
     M, C = len(maps), maps[0].shape[1]
     present = [i for i, p in enumerate((cw, cb, aw, ab)) if p is not None]
 
-    def loss_of(maps, raw, present_params):
+    M_ = len(maps)
+
+    def loss_of(*leaves):
         params = [None] * 4
-        for i, p in zip(present, present_params):
+        for i, p in zip(present, leaves[M_ + 1:]):
             params[i] = p
-        return multi_logit_dice_ce_reference(list(maps), target, raw, ops=ops, concat_weight=params[0],
+        return multi_logit_dice_ce_reference(list(leaves[:M_]), target, leaves[M_], ops=ops, concat_weight=params[0],
                                              concat_bias=params[1], attn_weight=params[2], attn_bias=params[3],
                                              **_loss_options(cfg))
 
-    # the registered op runs below autograd: differentiate with torch.func
-    loss, vjp = torch.func.vjp(loss_of, tuple(maps), raw_weights.float(),
-                               tuple((cw, cb, aw, ab)[i] for i in present))
-    g_maps, g_raw, g_present = vjp(grad_out.reshape(()).to(loss.dtype))
+    _loss, grads = _grad(loss_of, list(maps) + [raw_weights.float()] + [(cw, cb, aw, ab)[i] for i in present],
+                         grad_out.reshape(()).float())
+    g_maps, g_raw, g_present = grads[:M_], grads[M_], grads[M_ + 1:]
     layout = ParamGradLayout(M, C)
     flat = torch.zeros(layout.size, dtype=torch.float32, device=maps[0].device)
     views = layout.split(flat)

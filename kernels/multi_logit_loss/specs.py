@@ -44,19 +44,28 @@ def run_problem(maps, y, params, ops, **kw):
 LOMIX = dict(ce_weight=0.3, dice_weight=0.7, squared=True, batch=True, include_background=True)
 ALL_OPS = ("add", "mul", "concat", "attention")
 
-# label: (M, B, C, map sizes, target size, ops, label dtype, loss options)
+# label: (M, B, C, map sizes, target size, ops, label dtype, loss options). The labels stay within one GPU tile
+# (16 voxels at 9 classes, 64 at 3-4, 128 at 1-2), so the interpreter-settings builds are the GPU builds (larger
+# LoMix tiles would spill), except deep-native-3d (two GPU tiles: several programs, the fp32 gather kernel),
+# which is light enough for its interpreter-sized tile to build too.
 CASES = {
-    "lomix-M4-C9-all-ops-uint8": (4, 2, 9, [(5, 7)] * 4, (5, 7), ALL_OPS, torch.uint8, LOMIX),
-    "lgmsnet-sigmoid-M2-C1": (2, 2, 1, [(9, 11)] * 2, (9, 11), ("add", "mul"), torch.int64,
+    "lomix-M4-C9-all-ops-uint8": (4, 2, 9, [(4, 4)] * 4, (4, 4), ALL_OPS, torch.uint8, LOMIX),
+    "lgmsnet-sigmoid-M2-C1": (2, 2, 1, [(8, 11)] * 2, (8, 11), ("add", "mul"), torch.int64,
                               dict(sigmoid=True, squared=False, batch=False, ce_weight=0.5, dice_weight=1.0)),
-    "dice-ce-3d-M1-C4": (1, 2, 4, [(3, 5, 6)], (3, 5, 6), (), torch.int64,
+    "dice-ce-3d-M1-C4": (1, 2, 4, [(2, 3, 5)], (2, 3, 5), (), torch.int64,
                          dict(weight_mode="fixed", ce_weight=1.0, dice_weight=1.0, squared=False, batch=False,
                               include_background=False)),
     "normalized-M6-C3-add-mul": (6, 1, 3, [(4, 5)] * 6, (4, 5), ("add", "mul"), torch.int64,
                                  dict(weight_mode="normalized")),
-    "fias-aux-M3-C4-mean": (3, 2, 4, [(3, 5), (6, 10), (6, 10)], (6, 10), ("mean",), torch.int64,
+    "fias-aux-M3-C4-mean": (3, 2, 4, [(3, 4), (6, 8), (6, 8)], (6, 8), ("mean",), torch.int64,
                             dict(weight_mode="fixed", ce_weight=0.6, dice_weight=0.4, squared=False)),
     "deep-M8-C2-add": (8, 1, 2, [(3, 5)] * 8, (3, 5), ("add",), torch.uint8, dict(weight_mode="softplus")),
+    # decoder heads at their native resolutions (upsampled in registers, gradients at their own resolution)
+    "lomix-native-M4-C9-all-ops": (4, 1, 9, [(1, 1), (2, 2), (4, 4), (4, 4)], (4, 4), ALL_OPS, torch.uint8, LOMIX),
+    "deep-native-3d-M3-C4": (3, 1, 4, [(1, 1, 2), (2, 2, 4), (4, 4, 8)], (4, 4, 8), (), torch.int64,
+                             dict(weight_mode="fixed", squared=False, batch=False)),
+    "deep-native-M3-C2-nearest": (3, 2, 2, [(2, 3), (4, 6), (8, 12)], (8, 12), ("add",), torch.int64,
+                                  dict(weight_mode="fixed", upsample="nearest")),
 }
 
 

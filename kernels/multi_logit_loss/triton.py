@@ -1,26 +1,36 @@
 """Triton kernels and launchers of the fused multi-logit Dice + CE loss (LoMix mixing in-kernel).
 
-Three kernels, two passes over the logits (buffer layouts: :mod:`.layout`; mixing: :mod:`.mixing`):
+Four kernels, two passes over the logits (buffer layouts: :mod:`.layout`; mixing and the in-register
+upsampling: :mod:`.mixing`; tiles, boxes and the source-index rule: :mod:`.geometry`):
 
-* ``_mll_stats_kernel`` (pass 1): grid ``(chunks, B, T groups)``; each program walks its voxel tiles,
-  loads every base map's ``(C, BLOCK)`` tile once, builds its group of up to ``T_BLOCK`` supervised
-  maps (base + mutants) in registers, takes one ``exp`` per logit for the softmax, and accumulates
-  per-(map, class) Dice sums ``I``, ``P``, the label counts ``G``, the CE sums and the bad-input
-  counters in registers. It writes its columns of one partial row (no atomics). One T group (the
-  LoMix case: 4 maps, 48 supervised maps) reads the maps once; each further group re-reads them.
+* ``_mll_stats_kernel`` (pass 1): grid ``(boxes, B, T groups)``; each program walks the voxel tiles of
+  its box of one sample, loads every base map's ``(C, BLOCK)`` tile once (a map coarser than the labels
+  is read at its own resolution and upsampled in registers), builds its group of up to ``T_BLOCK``
+  supervised maps (base + mutants) in registers, takes one ``exp`` per logit for the softmax, and
+  accumulates per-(map, class) Dice sums ``I``, ``P``, the label counts ``G``, the CE sums and the
+  bad-input counters in registers. It writes its columns of one partial row (no atomics). One T group
+  (the LoMix case: 4 maps, 48 supervised maps) reads the maps once; each further group re-reads them.
 * ``_mll_finalize_kernel``: one program; sums the partial rows in a fixed order (deterministic),
   applies the weight transform (softplus / normalised / fixed) and writes the result vector and the
   Dice chain coefficients pass 2 needs, ``T_BLOCK`` supervised maps at a time.
-* ``_mll_grad_kernel`` (pass 2): grid ``(chunks, B)``; recomputes the supervised maps, writes every
-  base map's gradient once, and adds the concat / attention parameter gradients into a slot row
-  private to the program with fp32 ``tl.atomic_add`` (only that program's threads add to a slot, in
-  program order, so the sums are bitwise reproducible); the launcher sums the rows with one
-  ``torch.sum``.
+* ``_mll_grad_kernel`` (pass 2): grid ``(boxes, B)``; recomputes the supervised maps, writes the
+  gradient of every map at the label size once, reduces that of every coarse map to the map's own cells
+  in registers (the transpose of the upsampling) and adds it into an fp32 slab private to the program
+  (read back only for cells an earlier tile of the program touched; no atomics), and adds the concat /
+  attention parameter gradients into a slot row private to the program with fp32 ``tl.atomic_add``
+  (only that program's threads add to a slot, in program order, so the sums are bitwise reproducible);
+  the launcher sums the rows with one ``torch.sum`` (none with one program).
+* ``_mll_gather_kernel``: with several programs per sample (or fp16 / bf16 logits), each coarse-map
+  element is the fixed-order sum of the slabs of the boxes that touched it, written in the logits'
+  dtype. With one program per sample and fp32 logits the slab is the gradient itself.
 
 The maps reach the kernels as a tuple of tensors (one pointer each, any number of maps); each must be
-a contiguous ``(B, C, *S)`` tensor of the first map's shape and dtype (the input guard makes it so).
+a contiguous ``(B, C, *S_i)`` tensor of the first map's dtype, ``S_i`` the label size divided by an
+integer factor per axis (the input guard makes it so); the factors are a constexpr tuple.
 """
 from __future__ import annotations
+
+import math
 
 import triton
 import triton.language as tl
@@ -29,10 +39,14 @@ import torch
 
 from ..dispatch import gpu_launch_settings, sm_count
 from ..registry import register_device_function, register_kernel
+from .geometry import Geometry, make_geometry
 from .layout import ParamGradLayout, PartialRow, ResultVector
-from .mixing import DESC_WIDTH, descriptors, load_maps, mix, mix_grad, ops_mask
+from .mixing import DESC_WIDTH, descriptors, load_maps, mix, mix_grad, ops_mask, source_index
 
-TILE_ELEMENTS = 256  # C_PAD * BLOCK logits per tile: 16 classes x 32 voxels at 8 warps builds without spills
+TILE_ELEMENTS = 256  # C_PAD * BLOCK logits per tile on a GPU: 16 classes x 16 voxels at 8 warps builds without spills
+INTERP_TILE_ELEMENTS = 1 << 20  # in the interpreter: one tile per sample up to triton's largest tensor
+DOT_REDUCE_ABOVE = 1 << 16  # pass 2 reduces a tile to coarse cells by matrix products above this many products
+GATHER_BLOCK = 256  # coarse-map elements per program of the gather kernel
 NUM_WARPS = 8
 T_BLOCK_MAX = 64  # supervised maps per pass-1 program (registers: 2 x C_PAD x T_BLOCK accumulators)
 WEIGHT_CODE = {"softplus": 0, "normalized": 1, "fixed": 2}
@@ -110,45 +124,68 @@ def _weights(w_ptr, tcol, tm, zsum, T: tl.constexpr, WEIGHT_MODE: tl.constexpr):
 # ----------------------------------------------------------------------------- pass 1
 @triton.jit
 def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr,
-                      S, tiles_per_prog, n_chunks,
+                      D, H, W, box_z, box_y, box_x, n_by, n_bx,
                       M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
                       T_BLOCK: tl.constexpr, BAD_PAD: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr,
-                      OPS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+                      OPS_MASK: tl.constexpr, SCALES: tl.constexpr, NEAREST: tl.constexpr,
+                      TZ: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr,
                       PART_W: tl.constexpr, PART_I: tl.constexpr, PART_P: tl.constexpr, PART_G: tl.constexpr,
                       PART_CE: tl.constexpr, PART_BAD: tl.constexpr):
-    # maps: M x (B, C, S) logits; y: (B, S) integer labels; desc: (T, DESC_WIDTH) int32 rows (mixing.py);
-    # cw/cb/aw/ab: fp32 mixing parameters (reference.py layout); part: (B * n_chunks, PART_W) fp32 rows
-    pid_c = tl.program_id(0)
+    # maps: M x (B, C, *S_i) logits, S_i = (D, H, W) / SCALES[i]; y: (B, D*H*W) integer labels; desc: (T,
+    # DESC_WIDTH) int32 rows (mixing.py); cw/cb/aw/ab: fp32 mixing parameters (reference.py layout); part:
+    # (B * boxes, PART_W) fp32 rows. Program (box, b, T group) walks the (box_z, box_y, box_x) tiles of its box.
+    BLOCK: tl.constexpr = TZ * TY * TX
+    pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t0 = tl.program_id(2) * T_BLOCK
-    prog = b * n_chunks + pid_c
+    n_boxes = tl.num_programs(0)
+    prog = b * n_boxes + pid
+    bxi = pid % n_bx
+    byi = (pid // n_bx) % n_by
+    bzi = pid // (n_bx * n_by)
+    S = D * H * W
     cls = tl.arange(0, C_PAD)
     cmask = cls[:, None] < C
+    lane = tl.arange(0, BLOCK)
+    lz = lane // (TY * TX)
+    ly = (lane // TX) % TY
+    lx = lane % TX
     tcol = tl.arange(0, T_BLOCK)
     midx = tl.arange(0, BAD_PAD)
     N_LBL: tl.constexpr = 2 if (SIGMOID and C == 1) else C
-    row = (b * C + cls[:, None]) * S  # (C_PAD, 1) int64
     acc_i = tl.zeros([C_PAD, T_BLOCK], tl.float32)
     acc_p = tl.zeros([C_PAD, T_BLOCK], tl.float32)
     acc_ce = tl.zeros([T_BLOCK], tl.float32)
     acc_g = tl.zeros([C_PAD], tl.float32)
     acc_bad = tl.zeros([BAD_PAD], tl.float32)
-    for it in range(tiles_per_prog):
-        v = (pid_c * tiles_per_prog + it) * BLOCK + tl.arange(0, BLOCK)
-        vmask = v < S
+    for it in range(box_z * box_y * box_x):
+        pz = (bzi * box_z + it // (box_y * box_x)) * TZ + lz
+        py = (byi * box_y + (it // box_x) % box_y) * TY + ly
+        px = (bxi * box_x + it % box_x) * TX + lx
+        vmask = (pz < D) & (py < H) & (px < W)
+        v = (pz * H + py) * W + px
         m2 = cmask & vmask[None, :]
         y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
-        xs = load_maps(maps, row, v, m2, M)
+        xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
         if t0 == 0:  # the first T group counts labels and bad inputs
             acc_bad += tl.where(midx == M, tl.sum((vmask & ((y < 0) | (y >= N_LBL))).to(tl.float32), axis=0), 0.0)
             acc_g += tl.sum(gf, axis=1)
             for i in tl.static_range(M):
-                nbad = tl.sum(tl.sum(((xs[i] != xs[i]) | (tl.abs(xs[i]) == float("inf"))).to(tl.float32), axis=1),
-                              axis=0)
+                if SCALES[i][0] * SCALES[i][1] * SCALES[i][2] == 1:
+                    xb = xs[i]
+                else:
+                    # each element of a coarse map once: at the fine voxel where its block starts
+                    nyi = H // SCALES[i][1]
+                    nxi = W // SCALES[i][2]
+                    org = vmask & (pz % SCALES[i][0] == 0) & (py % SCALES[i][1] == 0) & (px % SCALES[i][2] == 0)
+                    xb = tl.load(maps[i] + (b * C + cls[:, None]) * ((D // SCALES[i][0]) * nyi * nxi)
+                                 + (((pz // SCALES[i][0]) * nyi + py // SCALES[i][1]) * nxi + px // SCALES[i][2])[None, :],
+                                 mask=cmask & org[None, :], other=0.0).to(tl.float32)
+                nbad = tl.sum(tl.sum(((xb != xb) | (tl.abs(xb) == float("inf"))).to(tl.float32), axis=1), axis=0)
                 acc_bad += tl.where(midx == i, nbad, 0.0)
         for t in range(t0, tl.minimum(t0 + T_BLOCK, T)):
-            z, _mx, _den = mix(desc_ptr + t * DESC_WIDTH, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, b * C * S,
-                               S, v, vmask, M, C, BLOCK, OPS_MASK)
+            z, _mx, _den = mix(desc_ptr + t * DESC_WIDTH, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, b, v, vmask, S,
+                               M, C, BLOCK, OPS_MASK, SCALES)
             p, ce = _probs(z, gf, cmask, SIGMOID)
             p = tl.where(m2, p, 0.0)
             here = tcol[None, :] == t - t0
@@ -267,25 +304,120 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, B, n_chunks, n_ce,
 
 
 # ----------------------------------------------------------------------------- pass 2
+@register_device_function
+@triton.jit
+def _axis_weights(a0, n_fine, n, NC: tl.constexpr, T_AX: tl.constexpr, S: tl.constexpr, NEAREST: tl.constexpr):
+    """One axis of a tile's upsampling adjoint: ``(w (T_AX, NC) fp32, lo, hi)``. The tile's fine coordinates
+    ``a0 .. a0 + T_AX - 1`` (those < ``n_fine``) read the coarse cells ``lo .. hi`` (of ``n``); ``w[k, j]`` is the
+    weight fine coordinate ``a0 + k`` gives cell ``lo + j``."""
+    a = a0 + tl.arange(0, T_AX)
+    i0, i1, lam = source_index(a, n, S, NEAREST)
+    lo, _i1, _l = source_index(a0, n, S, NEAREST)
+    _i0, hi, _l2 = source_index(tl.minimum(a0 + T_AX, n_fine) - 1, n, S, NEAREST)
+    j = tl.arange(0, NC)[None, :]
+    ok = (a < n_fine)[:, None]
+    w = tl.where(ok & (j == (i0 - lo)[:, None]), 1.0 - lam[:, None], 0.0) + \
+        tl.where(ok & (j == (i1 - lo)[:, None]), lam[:, None], 0.0)
+    return w, lo, hi
+
+
+@register_device_function
+@triton.jit
+def _scatter_coarse(slab_ptr, g, p, cls, cmask, tz, ty, tx, bz0, by0, bx0, D, H, W, box_z, box_y, box_x,
+                    C: tl.constexpr, C_PAD: tl.constexpr, TZ: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr,
+                    SZ: tl.constexpr, SY: tl.constexpr, SX: tl.constexpr, NCZ: tl.constexpr, NCY: tl.constexpr,
+                    NCX: tl.constexpr, NEAREST: tl.constexpr, DOT_REDUCE: tl.constexpr):
+    """Add tile ``(tz, ty, tx)``'s gradient ``g`` (``(C_PAD, BLOCK)`` fp32 at fine voxels, zero outside the volume)
+    of one coarse map into the program's fp32 slab, at the map's own resolution: the transpose of the
+    upsampling, one axis at a time (x, y, z) on register tiles, to the ``(NCZ, NCY, NCX)`` cells the tile
+    touches. Slab ``p``: ``(C, ez, ey, ex)`` cells from the box's first cell (:mod:`.geometry`). A cell the
+    program touched in an earlier tile (raster order) is read, added to and written back; the first touch
+    only writes. Deterministic: a fixed order of tiles, no atomics."""
+    nz = D // SZ
+    ny = H // SY
+    nx = W // SX
+    wz, loz, hiz = _axis_weights(tz * TZ, D, nz, NCZ, TZ, SZ, NEAREST)
+    wy, loy, hiy = _axis_weights(ty * TY, H, ny, NCY, TY, SY, NEAREST)
+    wx, lox, hix = _axis_weights(tx * TX, W, nx, NCX, TX, SX, NEAREST)
+    # x: (C_PAD * TZ * TY, TX) -> (C_PAD * TZ * TY, NCX); y: -> (C_PAD * TZ, NCY, NCX); z: -> (C_PAD, NCZ, NCY * NCX)
+    if DOT_REDUCE:
+        # only the interpreter's whole-sample tiles (never a GPU build): there the broadcast products below would
+        # exceed triton's largest tensor, so each axis is a matrix product (fp32, "ieee")
+        gx = tl.dot(tl.reshape(g, [C_PAD * TZ * TY, TX]), wx, input_precision="ieee")
+        gxt = tl.reshape(tl.permute(tl.reshape(gx, [C_PAD * TZ, TY, NCX]), (0, 2, 1)), [C_PAD * TZ * NCX, TY])
+        gy = tl.permute(tl.reshape(tl.dot(gxt, wy, input_precision="ieee"), [C_PAD * TZ, NCX, NCY]), (0, 2, 1))
+        if TZ * SZ == 1:
+            gc = tl.reshape(gy, [C_PAD, NCZ * NCY * NCX])
+        else:
+            gyt = tl.reshape(tl.permute(tl.reshape(gy, [C_PAD, TZ, NCY * NCX]), (0, 2, 1)), [C_PAD * NCY * NCX, TZ])
+            gz = tl.reshape(tl.dot(gyt, wz, input_precision="ieee"), [C_PAD, NCY * NCX, NCZ])
+            gc = tl.reshape(tl.permute(gz, (0, 2, 1)), [C_PAD, NCZ * NCY * NCX])
+    else:
+        gx = tl.sum(tl.reshape(g, [C_PAD * TZ * TY, TX])[:, :, None] * wx[None, :, :], axis=1)
+        gy = tl.sum(tl.reshape(gx, [C_PAD * TZ, TY, NCX])[:, :, None, :] * wy[None, :, :, None], axis=1)
+        if TZ * SZ == 1:
+            gc = tl.reshape(gy, [C_PAD, NCZ * NCY * NCX])
+        else:
+            gz = tl.sum(tl.reshape(gy, [C_PAD, TZ, NCY * NCX])[:, :, None, :] * wz[None, :, :, None], axis=1)
+            gc = tl.reshape(gz, [C_PAD, NCZ * NCY * NCX])
+    e = tl.arange(0, NCZ * NCY * NCX)
+    cz = loz + e // (NCY * NCX)
+    cy = loy + (e // NCX) % NCY
+    cx = lox + e % NCX
+    zero = e * 0  # (scalar & vector masks are built from vectors: the interpreter promotes scalar booleans)
+    valid = ((zero + tz * TZ) < D) & ((zero + ty * TY) < H) & ((zero + tx * TX) < W) & \
+        (cz <= hiz) & (cy <= hiy) & (cx <= hix)
+    # touched before: by the previous tile along an axis (inside this box) that reaches the cell
+    _a, hpz, _b = source_index(tz * TZ - 1, nz, SZ, NEAREST)
+    _c, hpy, _d = source_index(ty * TY - 1, ny, SY, NEAREST)
+    _e, hpx, _f = source_index(tx * TX - 1, nx, SX, NEAREST)
+    first = (((zero + tz) == bz0) | (cz > hpz)) & (((zero + ty) == by0) | (cy > hpy)) & \
+        (((zero + tx) == bx0) | (cx > hpx))
+    # the slab of this program: cells from the box's first one, extents as geometry.slab_extent
+    bloz, _g, _h = source_index(bz0 * TZ, nz, SZ, NEAREST)
+    bloy, _i, _j = source_index(by0 * TY, ny, SY, NEAREST)
+    blox, _k, _l = source_index(bx0 * TX, nx, SX, NEAREST)
+    ez = tl.minimum(nz, (box_z * TZ + SZ - 2) // SZ + 2)
+    ey = tl.minimum(ny, (box_y * TY + SY - 2) // SY + 2)
+    ex = tl.minimum(nx, (box_x * TX + SX - 2) // SX + 2)
+    off = (((p * C + cls[:, None]) * ez + (cz - bloz)[None, :]) * ey + (cy - bloy)[None, :]) * ex + (cx - blox)[None, :]
+    msk = cmask & valid[None, :]
+    old = tl.load(slab_ptr + off, mask=msk & (first == 0)[None, :], other=0.0)
+    tl.debug_barrier()  # every thread has read before any writes (replicated elements)
+    tl.store(slab_ptr + off, old + gc, mask=msk)
+
+
 @triton.jit
 def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_ptr, coef_ptr, gout_ptr,
-                     grads, gw_ptr, pg_ptr,
-                     S, tiles_per_prog, n_chunks,
+                     outs, gw_ptr, pg_ptr,
+                     D, H, W, box_z, box_y, box_x, n_by, n_bx,
                      M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
                      T_BLOCK: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                     CONCAT_GRAD: tl.constexpr, OPS_MASK: tl.constexpr, BLOCK: tl.constexpr,
-                     RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr,
+                     CONCAT_GRAD: tl.constexpr, OPS_MASK: tl.constexpr, SCALES: tl.constexpr, NCELLS: tl.constexpr,
+                     NEAREST: tl.constexpr, ANY_COARSE: tl.constexpr, DOT_REDUCE: tl.constexpr, TZ: tl.constexpr,
+                     TY: tl.constexpr, TX: tl.constexpr, RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr,
                      PG_CB: tl.constexpr, PG_AW: tl.constexpr, PG_AB: tl.constexpr, PG_SIZE: tl.constexpr):
-    # maps / grads: M x (B, C, S) logits and their gradients (logits dtype); res: ResultVector; coef: (B or 1,
-    # 2, T, C); gout: (1,) upstream grad; gw: (T,) fp32; pg: (B * n_chunks, PG_SIZE) fp32 zeros, one
-    # private row of parameter-gradient slots per program (ParamGradLayout)
-    pid_c = tl.program_id(0)
+    # maps: M x (B, C, *S_i) logits; outs: per map, its gradient (B, C, *S) (logits dtype) for a map at the label
+    # size, else its fp32 slabs (B * boxes, C, ez, ey, ex) (the gradient itself with one box per sample, fp32);
+    # res: ResultVector; coef: (B or 1, 2, T, C); gout: (1,) upstream grad; gw: (T,) fp32; pg: (B * boxes,
+    # PG_SIZE) fp32 zeros, one private row of parameter-gradient slots per program (ParamGradLayout)
+    BLOCK: tl.constexpr = TZ * TY * TX
+    pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    prog = b * n_chunks + pid_c
+    n_boxes = tl.num_programs(0)
+    prog = b * n_boxes + pid
+    bxi = pid % n_bx
+    byi = (pid // n_bx) % n_by
+    bzi = pid // (n_bx * n_by)
+    S = D * H * W
     cls = tl.arange(0, C_PAD)
     cmask = cls[:, None] < C
+    lane = tl.arange(0, BLOCK)
+    lz = lane // (TY * TX)
+    ly = (lane // TX) % TY
+    lx = lane % TX
     gout = tl.load(gout_ptr).to(tl.float32)
-    if (pid_c == 0) & (b == 0):
+    if (pid == 0) & (b == 0):
         for t0 in range(0, T, T_BLOCK):
             tcol = t0 + tl.arange(0, T_BLOCK)
             tl.store(gw_ptr + tcol, gout * tl.load(res_ptr + RES_DW + tcol, mask=tcol < T, other=0.0),
@@ -296,19 +428,25 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
         cbase = coef_ptr
     row = (b * C + cls[:, None]) * S
     pg_base = pg_ptr + prog * PG_SIZE
-    for it in range(tiles_per_prog):
-        v = (pid_c * tiles_per_prog + it) * BLOCK + tl.arange(0, BLOCK)
-        vmask = v < S
+    for it in range(box_z * box_y * box_x):
+        tz = bzi * box_z + it // (box_y * box_x)
+        ty = byi * box_y + (it // box_x) % box_y
+        tx = bxi * box_x + it % box_x
+        pz = tz * TZ + lz
+        py = ty * TY + ly
+        px = tx * TX + lx
+        vmask = (pz < D) & (py < H) & (px < W)
+        v = (pz * H + py) * W + px
         m2 = cmask & vmask[None, :]
         _y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
-        xs = load_maps(maps, row, v, m2, M)
+        xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
         gs = ()
         for i in tl.static_range(M):
             gs = gs + (tl.zeros([C_PAD, BLOCK], tl.float32),)
         for t in range(T):
             desc = desc_ptr + t * DESC_WIDTH
-            z, mx, den = mix(desc, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, b * C * S, S, v,
-                             vmask, M, C, BLOCK, OPS_MASK)
+            z, mx, den = mix(desc, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, b, v, vmask, S,
+                             M, C, BLOCK, OPS_MASK, SCALES)
             a_c = tl.load(cbase + t * C + cls, mask=cls < C, other=0.0) * gout
             b_c = tl.load(cbase + T * C + t * C + cls, mask=cls < C, other=0.0) * gout
             ce_scale = tl.load(res_ptr + RES_CE_SCALE + t) * gout
@@ -316,32 +454,99 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
             gs = mix_grad(desc, dz, xs, gs, cw_ptr, aw_ptr, ab_ptr, mx, den, pg_base, cls,
                           M, C, BLOCK, OPS_MASK, CONCAT_GRAD, PG_CB, PG_AW, PG_AB)
         for i in tl.static_range(M):
-            tl.store(grads[i] + row + v[None, :], gs[i].to(grads[i].dtype.element_ty), mask=m2)
+            if SCALES[i][0] * SCALES[i][1] * SCALES[i][2] == 1:
+                tl.store(outs[i] + row + v[None, :], gs[i].to(outs[i].dtype.element_ty), mask=m2)
+            else:
+                _scatter_coarse(outs[i], gs[i], prog, cls, cmask, tz, ty, tx, bzi * box_z, byi * box_y, bxi * box_x,
+                                D, H, W, box_z, box_y, box_x, C, C_PAD, TZ, TY, TX, SCALES[i][0], SCALES[i][1],
+                                SCALES[i][2], NCELLS[i][0], NCELLS[i][1], NCELLS[i][2], NEAREST, DOT_REDUCE)
+        if ANY_COARSE:  # some map is coarse: the next tile reads what this one wrote (other threads)
+            tl.debug_barrier()
+
+
+# ----------------------------------------------------------------------------- gather
+@triton.jit
+def _mll_gather_kernel(slabs, grads, D, H, W, lz_len, ly_len, lx_len, n_bz, n_by, n_bx,
+                       M: tl.constexpr, C: tl.constexpr, SCALES: tl.constexpr, RADII: tl.constexpr,
+                       RANKS: tl.constexpr, NEAREST: tl.constexpr, BLOCK_G: tl.constexpr):
+    # slabs: per map, pass 2's fp32 slabs (B * boxes, C, ez, ey, ex) (coarse maps; unused otherwise); grads:
+    # per map its gradient (B, C, *S_i) in the logits' dtype; l*_len: a box's length in voxels along each axis,
+    # n_b*: boxes per sample along each axis. Program (block, b, k) sums the slabs of the
+    # boxes that touched each of BLOCK_G elements of coarse map number k (RANKS[i] == k), in a fixed order.
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    k = tl.program_id(2)
+    for i in tl.static_range(M):
+        if RANKS[i] >= 0:
+            if k == RANKS[i]:
+                nz = D // SCALES[i][0]
+                ny = H // SCALES[i][1]
+                nx = W // SCALES[i][2]
+                s_i = nz * ny * nx
+                e = pid * BLOCK_G + tl.arange(0, BLOCK_G)
+                em = e < C * s_i
+                c = e // s_i
+                cell = e % s_i
+                jz = cell // (ny * nx)
+                jy = (cell // nx) % ny
+                jx = cell % nx
+                ez = tl.minimum(nz, (lz_len + SCALES[i][0] - 2) // SCALES[i][0] + 2)
+                ey = tl.minimum(ny, (ly_len + SCALES[i][1] - 2) // SCALES[i][1] + 2)
+                ex = tl.minimum(nx, (lx_len + SCALES[i][2] - 2) // SCALES[i][2] + 2)
+                tz0 = tl.maximum(jz * SCALES[i][0] - SCALES[i][0], 0) // lz_len
+                ty0 = tl.maximum(jy * SCALES[i][1] - SCALES[i][1], 0) // ly_len
+                tx0 = tl.maximum(jx * SCALES[i][2] - SCALES[i][2], 0) // lx_len
+                acc = tl.zeros([BLOCK_G], tl.float32)
+                for kz in tl.static_range(RADII[i][0]):
+                    bz = tz0 + kz
+                    loz, _a, _b = source_index(bz * lz_len, nz, SCALES[i][0], NEAREST)
+                    _c, hiz, _d = source_index(tl.minimum(bz * lz_len + lz_len, D) - 1, nz, SCALES[i][0], NEAREST)
+                    okz = (bz < n_bz) & (loz <= jz) & (jz <= hiz)
+                    for ky in tl.static_range(RADII[i][1]):
+                        by = ty0 + ky
+                        loy, _e, _f = source_index(by * ly_len, ny, SCALES[i][1], NEAREST)
+                        _g, hiy, _h = source_index(tl.minimum(by * ly_len + ly_len, H) - 1, ny, SCALES[i][1], NEAREST)
+                        oky = okz & (by < n_by) & (loy <= jy) & (jy <= hiy)
+                        for kx in tl.static_range(RADII[i][2]):
+                            bx = tx0 + kx
+                            lox, _i, _j = source_index(bx * lx_len, nx, SCALES[i][2], NEAREST)
+                            _k, hix, _l = source_index(tl.minimum(bx * lx_len + lx_len, W) - 1, nx, SCALES[i][2], NEAREST)
+                            ok = em & oky & (bx < n_bx) & (lox <= jx) & (jx <= hix)
+                            p = ((b * n_bz + bz) * n_by + by) * n_bx + bx
+                            off = (((p * C + c) * ez + jz - loz) * ey + jy - loy) * ex + jx - lox
+                            acc += tl.load(slabs[i] + off, mask=ok, other=0.0)
+                tl.store(grads[i] + (b * C + c) * s_i + cell, acc.to(grads[i].dtype.element_ty), mask=em)
 
 
 # ----------------------------------------------------------------------------- launchers
 def _sizes(maps, raw_weights):
-    """(M, B, C, S, T, C_PAD, T_BLOCK) of a launch."""
-    x0 = maps[0]
-    B, C = x0.shape[:2]
-    S = x0[0, 0].numel()
+    """(M, B, C, T, C_PAD, T_BLOCK) of a launch."""
+    B, C = maps[0].shape[:2]
     T = raw_weights.numel()
     C_PAD = max(triton.next_power_of_2(C), 2)
-    return len(maps), B, C, S, T, C_PAD, min(max(triton.next_power_of_2(T), 2), T_BLOCK_MAX)
+    return len(maps), B, C, T, C_PAD, min(max(triton.next_power_of_2(T), 2), T_BLOCK_MAX)
 
 
-def _grid(B: int, S: int, C_PAD: int, device):
-    """(BLOCK, n_chunks, tiles_per_prog): a fixed budget of logits per tile; on a GPU ~4 programs per SM
-    (split between the samples), in the interpreter one program per sample (it pays per operation, not
-    per program; and the per-program traffic figure of ``segfuse bench`` is then the whole sample's)."""
-    block = max(16, TILE_ELEMENTS // C_PAD)
-    n_tiles = triton.cdiv(S, block)
-    if gpu_launch_settings(device):
-        n_chunks = max(1, min(n_tiles, triton.cdiv(4 * sm_count(device), B)))
-    else:
-        n_chunks = 1
-    tiles_per_prog = triton.cdiv(n_tiles, n_chunks)
-    return block, triton.cdiv(n_tiles, tiles_per_prog), tiles_per_prog
+def _geometry(maps, size, B: int, C_PAD: int, nearest: bool) -> Geometry:
+    """Tiles of a fixed budget of logits as near-square boxes of voxels. On a GPU: ``TILE_ELEMENTS`` (the
+    largest the LoMix builds take without spills) and ~4 programs per SM (split between the samples). In the
+    interpreter, which pays per operation and not per element: one program per sample and tiles of up to
+    ``INTERP_TILE_ELEMENTS`` (a whole sample at the paper sizes), so the per-program traffic figure of
+    ``segfuse bench`` is the whole sample's. Such tiles never run on a GPU (a CUDA tensor always gets the GPU
+    settings); the launch cases keep their volumes within a GPU tile, so their interpreter builds are the
+    GPU builds (or light ones the compile test builds too)."""
+    dev = maps[0].device
+    gpu = gpu_launch_settings(dev)
+    block = max(16, (TILE_ELEMENTS if gpu else INTERP_TILE_ELEMENTS) // C_PAD)
+    programs = max(1, triton.cdiv(4 * sm_count(dev), B)) if gpu else 1
+    return make_geometry([tuple(x.shape[2:]) for x in maps], size, block, programs, nearest)
+
+
+def _launch_geometry(geo: Geometry) -> dict:
+    """The size arguments and constexprs pass 1 and pass 2 share."""
+    (D, H, W), (TZ, TY, TX) = geo.size3, geo.tile
+    return dict(D=D, H=H, W=W, box_z=geo.box[0], box_y=geo.box[1], box_x=geo.box[2], n_by=geo.n_box[1],
+                n_bx=geo.n_box[2], SCALES=geo.scales, NEAREST=geo.nearest, TZ=TZ, TY=TY, TX=TX)
 
 
 def _params(cw, cb, aw, ab, device):
@@ -353,28 +558,29 @@ def _params(cw, cb, aw, ab, device):
 
 
 def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, ce_weight, dice_weight,
-                sigmoid, squared, batch, include_background, smooth_nr, smooth_dr):
-    """Pass 1 + finalize. ``maps``: M contiguous ``(B, C, *S)`` tensors of one shape and dtype; ``target``
-    ``(B, *S)`` contiguous integer labels; parameters fp32 contiguous. Returns ``(res, coef)``:
+                sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, upsample="linear"):
+    """Pass 1 + finalize. ``maps``: M contiguous ``(B, C, *S_i)`` tensors of one dtype, each at the label size
+    ``S`` divided by an integer factor per axis (read at their own resolution, upsampled in registers);
+    ``target`` ``(B, *S)`` contiguous integer labels; parameters fp32 contiguous. Returns ``(res, coef)``:
     ``res`` a :class:`.layout.ResultVector`, ``coef`` ``(B or 1, 2, T, C)`` fp32."""
-    M, B, C, S, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
+    M, B, C, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
     dev = maps[0].device
+    geo = _geometry(maps, target.shape[1:], B, C_PAD, upsample == "nearest")
     part_row, result = PartialRow(C, T, M), ResultVector(T, M)
-    block, n_chunks, tpp = _grid(B, S, C_PAD, dev)
     bad_pad = triton.next_power_of_2(M + 1)
-    part = torch.empty(B * n_chunks, part_row.width, dtype=torch.float32, device=dev)
+    part = torch.empty(B * geo.boxes, part_row.width, dtype=torch.float32, device=dev)
     cw, cb, aw, ab = _params(cw, cb, aw, ab, dev)
-    _mll_stats_kernel[(n_chunks, B, triton.cdiv(T, T_BLOCK))](
+    _mll_stats_kernel[(geo.boxes, B, triton.cdiv(T, T_BLOCK))](
         maps=tuple(maps), y_ptr=target, desc_ptr=descriptors(M, ops, dev), cw_ptr=cw, cb_ptr=cb, aw_ptr=aw,
-        ab_ptr=ab, part_ptr=part, S=S, tiles_per_prog=tpp, n_chunks=n_chunks,
+        ab_ptr=ab, part_ptr=part, **_launch_geometry(geo),
         M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, SIGMOID=sigmoid, SQUARED=squared,
-        OPS_MASK=ops_mask(ops), BLOCK=block, **part_row.constexprs(), num_warps=NUM_WARPS)
+        OPS_MASK=ops_mask(ops), **part_row.constexprs(), num_warps=NUM_WARPS)
     res = torch.empty(result.size, dtype=torch.float32, device=dev)
     coef = torch.empty(1 if batch else B, 2, T, C, dtype=torch.float32, device=dev)
     _mll_finalize_kernel[(1,)](
-        part_ptr=part, w_ptr=raw_weights, res_ptr=res, coef_ptr=coef, B=B, n_chunks=n_chunks,
-        n_ce=float(B * S * (C if sigmoid else 1)), ce_weight=float(ce_weight), dice_weight=float(dice_weight),
-        smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr),
+        part_ptr=part, w_ptr=raw_weights, res_ptr=res, coef_ptr=coef, B=B, n_chunks=geo.boxes,
+        n_ce=float(B * geo.voxels * (C if sigmoid else 1)), ce_weight=float(ce_weight),
+        dice_weight=float(dice_weight), smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr),
         M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, WEIGHT_MODE=WEIGHT_CODE[weight_mode],
         PER_SAMPLE=not batch, INCLUDE_BG=include_background, **part_row.constexprs(), **result.constexprs(),
         num_warps=8)
@@ -382,28 +588,50 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, 
 
 
 def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, coef, *, sigmoid, squared,
-                 batch, concat_grad):
-    """Pass 2. Returns ``(grads: M tensors like maps, grad_raw_weights (T,) fp32, grad_params (PG_SIZE,) fp32)``."""
-    M, B, C, S, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
+                 batch, concat_grad, upsample="linear"):
+    """Pass 2 (+ the gather of coarse maps' partial sums when a sample has several programs, or the logits
+    are not fp32). Returns ``(grads: M tensors like maps, grad_raw_weights (T,) fp32, grad_params (PG_SIZE,)
+    fp32)``."""
+    M, B, C, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
     dev = maps[0].device
+    geo = _geometry(maps, target.shape[1:], B, C_PAD, upsample == "nearest")
     pg_layout = ParamGradLayout(M, C)
-    block, n_chunks, tpp = _grid(B, S, C_PAD, dev)
     param_grad = ("concat" in ops and concat_grad) or "attention" in ops
     grads = tuple(torch.empty_like(x) for x in maps)
+    # coarse maps: pass 2 adds into fp32 slabs, one per program; with one program per sample and fp32 logits
+    # the slab is the gradient itself (no gather)
+    direct = geo.boxes == 1
+    outs = tuple(g if not geo.coarse(i) or (direct and g.dtype == torch.float32)
+                 else torch.empty(geo.slab_shape(i, B, C), dtype=torch.float32, device=dev)
+                 for i, g in enumerate(grads))
+    gather = [i for i in range(M) if outs[i] is not grads[i]]
     gw = torch.empty(T, dtype=torch.float32, device=dev)
-    pg = torch.zeros(B * n_chunks if param_grad else 1, pg_layout.size, dtype=torch.float32, device=dev)
+    pg = torch.zeros(B * geo.boxes if param_grad else 1, pg_layout.size, dtype=torch.float32, device=dev)
     cw, cb, aw, ab = _params(cw, cb, aw, ab, dev)
-    _mll_grad_kernel[(n_chunks, B)](
+    _mll_grad_kernel[(geo.boxes, B)](
         maps=tuple(maps), y_ptr=target, desc_ptr=descriptors(M, ops, dev), cw_ptr=cw, cb_ptr=cb, aw_ptr=aw,
-        ab_ptr=ab, res_ptr=res, coef_ptr=coef, gout_ptr=grad_out, grads=grads, gw_ptr=gw, pg_ptr=pg,
-        S=S, tiles_per_prog=tpp, n_chunks=n_chunks,
+        ab_ptr=ab, res_ptr=res, coef_ptr=coef, gout_ptr=grad_out, outs=outs, gw_ptr=gw, pg_ptr=pg,
+        **_launch_geometry(geo),
         M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, SIGMOID=sigmoid, SQUARED=squared, PER_SAMPLE=not batch,
-        CONCAT_GRAD=concat_grad and "concat" in ops, OPS_MASK=ops_mask(ops), BLOCK=block,
+        CONCAT_GRAD=concat_grad and "concat" in ops, OPS_MASK=ops_mask(ops),
+        NCELLS=tuple(geo.cells_per_tile(i) for i in range(M)), ANY_COARSE=geo.any_coarse,
+        DOT_REDUCE=geo.reduce_products(C_PAD) > DOT_REDUCE_ABOVE,
         RES_DW=ResultVector(T, M).dw, RES_CE_SCALE=ResultVector(T, M).ce_scale, **pg_layout.constexprs(),
         num_warps=NUM_WARPS)
-    return list(grads), gw, (pg.sum(0) if param_grad else pg[0])
+    if gather:
+        rank = {i: k for k, i in enumerate(gather)}
+        most = max(C * math.prod(geo.map_size3(i)) for i in gather)
+        (D, H, W), (lz, ly, lx) = geo.size3, geo.box_length()
+        _mll_gather_kernel[(triton.cdiv(most, GATHER_BLOCK), B, len(gather))](
+            slabs=outs, grads=grads, D=D, H=H, W=W, lz_len=lz, ly_len=ly, lx_len=lx,
+            n_bz=geo.n_box[0], n_by=geo.n_box[1], n_bx=geo.n_box[2], M=M, C=C, SCALES=geo.scales,
+            RADII=tuple(geo.gather_radius(i) if i in rank else (1, 1, 1) for i in range(M)),
+            RANKS=tuple(rank.get(i, -1) for i in range(M)), NEAREST=geo.nearest, BLOCK_G=GATHER_BLOCK,
+            num_warps=4)
+    return list(grads), gw, (pg.sum(0) if pg.shape[0] > 1 else pg[0])
 
 
 register_kernel("mll_stats", _mll_stats_kernel)
 register_kernel("mll_finalize", _mll_finalize_kernel)
 register_kernel("mll_grad", _mll_grad_kernel)
+register_kernel("mll_gather", _mll_gather_kernel)

@@ -250,8 +250,10 @@ class Trainer:
                                            num_workers=self.cfg.num_workers, drop_last=True,
                                            persistent_workers=False)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimisation step on a batch ``x [N, C, *P]``, ``y [N, *P]``; returns the loss."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch ``x [N, C, *P]``, ``y [N, *P]``; returns the loss as a detached
+        0-d tensor on the device (reading it would stall the GPU pipeline every step: the epoch reads the
+        mean once)."""
         self.joint.train()
         lr = self.lr_at(self.progress())
         for g in self.opt.param_groups:
@@ -268,7 +270,7 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.iteration += 1
-        return float(loss.detach())
+        return loss.detach()
 
     def validate(self) -> Dict[str, float]:
         """Mean Dice per foreground class over the validation volumes (+ ``val_dice_mean``)."""
@@ -363,8 +365,9 @@ class Trainer:
                 self.elapsed = time.time() - t_start
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}",
-                                    img_s=f"{n_samples / max(time.time() - t0, 1e-9):.1f}")
+                    if len(losses) % 10 == 1:  # reading the loss syncs with the device: every 10 steps, a terminal only
+                        bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).float().mean()):.4f}",
+                                        img_s=f"{n_samples / max(time.time() - t0, 1e-9):.1f}")
                 budget_hit = self.iteration >= self.total_iters or self.progress() >= 1.0
                 if cfg.max_minutes:
                     budget_hit = D.any_rank(budget_hit, self.device)
@@ -377,7 +380,8 @@ class Trainer:
             row = {"epoch": self.epoch + 1 if epoch_done else self.epoch + len(losses) / cfg.iters_per_epoch,
                    "iteration": self.iteration, "time_s": round(self.elapsed, 2),
                    "lr": self.opt.param_groups[0]["lr"],
-                   "train_loss": D.all_reduce_mean(float(np.mean(losses)) if losses else float("nan"), self.device),
+                   "train_loss": D.all_reduce_mean(float(torch.stack(losses).float().mean()) if losses else float("nan"),
+                                                   self.device),
                    "samples_per_s": n_samples / max(time.time() - t0, 1e-9)}
             if epoch_done:
                 self.epoch += 1
