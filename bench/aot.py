@@ -81,13 +81,17 @@ def build_list(kernels=None, dtypes=None) -> List[dict]:
 
 
 def compile_all(kernels: Optional[List[str]] = None, dtypes: Optional[List[str]] = None,
-                archs=tuple(TARGETS), workers: int = 1) -> List[Dict]:
+                archs=tuple(TARGETS), workers: int = 1, archs_by_dtype: Optional[Dict[str, tuple]] = None
+                ) -> List[Dict]:
     """Compile every captured build (or those of the kernels named) for every target, ``workers`` at a
-    time in fresh processes with the interpreter off; one row per build and target."""
+    time in fresh processes with the interpreter off; one row per build and target. ``archs_by_dtype``
+    narrows the targets of the builds of one dtype (e.g. ``{"fp16": ("sm_80",), "bf16": ("sm_90a",)}``:
+    the half-precision builds differ from the fp32 ones only in their loads and stores)."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    jobs = [(row, arch) for row in build_list(kernels, dtypes) for arch in archs]
+    narrow = archs_by_dtype or {}
+    jobs = [(row, arch) for row in build_list(kernels, dtypes) for arch in narrow.get(row["dtype"], archs)]
     with cf.ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn"),
                                 initializer=_interpreter_off) as pool:
         return list(pool.map(_compile_job, *zip(*jobs)))
