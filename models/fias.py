@@ -69,7 +69,7 @@ class FIAS(nn.Module):
         dropout: Dropout2d inside the MixAtt blocks (0.1).
 
     Shapes:
-        input ``(N, in_channels, H, W)`` with H, W multiples of ``divisor`` (32); output
+        input ``(N, in_channels, H, W)`` with H, W multiples of ``size_multiple`` (32); output
         ``(N, num_classes, H, W)``; with deep supervision in training, map k is ``(H, W) / output_strides[k]``.
 
     Example:
@@ -78,7 +78,7 @@ class FIAS(nn.Module):
         torch.Size([1, 9, 64, 64])
     """
 
-    divisor = 32
+    size_multiple = 32
     output_strides = (32, 16, 8, 4)  # of the deep-supervision list, coarse -> fine
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 9,
@@ -130,9 +130,9 @@ class FIAS(nn.Module):
         supervision ``[aux_1/32, aux_1/16, aux_1/8, main_1/4]`` at native resolution."""
         check_input(x, self.spatial_dims, self.in_channels, "FIAS")
         size = tuple(x.shape[2:])
-        if any(s % self.divisor for s in size):
-            raise InputShapeError(f"FIAS: the spatial size of x must be a multiple of divisor={self.divisor} "
-                                  f"(the deepest feature map is at 1/32), got {size}")
+        if any(s % self.size_multiple for s in size):
+            raise InputShapeError(f"FIAS: the spatial size of x must be a multiple of size_multiple="
+                                  f"{self.size_multiple} (the deepest feature map is at 1/32), got {size}")
         fused = [fuse(lo, gl) for fuse, lo, gl in zip(self.fusions, self.local_encoder(x), self.global_encoder(x))]
         dec = self.decoder(fused)  # [1/32, 1/16, 1/8, 1/4]
         main = self.head(dec[-1])

@@ -123,7 +123,7 @@ class MaskMed(nn.Module):
         spatial_dims: must be 3.
         in_channels: input channels. num_classes: semantic classes, background included.
         deep_supervision: accepted and ignored (training mode always returns every stage).
-        widths: encoder stage widths, fine -> coarse (nnU-Net 3D: 32, 64, 128, 256, 320); ``divisor =
+        widths: encoder stage widths, fine -> coarse (nnU-Net 3D: 32, 64, 128, 256, 320); ``size_multiple =
             2 ** (len(widths) - 1)``.
         blocks_per_stage: residual blocks per encoder stage (default nnU-Net ResEnc-M's 1, 3, 4, 6, 6).
         decoder_convs_per_stage: ConvNormLReLU blocks per decoder stage (ResEnc presets: 1).
@@ -140,7 +140,7 @@ class MaskMed(nn.Module):
         criterion_kwargs: keyword arguments of :meth:`criterion` (``segfuse.losses.MaskMedCriterion``).
 
     Shapes:
-        input ``(N, in_channels, D, H, W)``, every spatial size a multiple of ``divisor``.
+        input ``(N, in_channels, D, H, W)``, every spatial size a multiple of ``size_multiple``.
         training mode: ``{"class_logits": [(N, Q, num_classes + 1)] * stages, "mask_logits":
         [(N, Q, D/s, H/s, W/s) for s in output_strides]}``, coarse -> fine, the last at full resolution.
         eval mode: ``(N, num_classes, D, H, W)`` = ``log(clamp_min(semantic score, 1e-6))`` of the final
@@ -195,7 +195,7 @@ class MaskMed(nn.Module):
         self.spatial_dims, self.in_channels, self.num_classes = 3, in_channels, num_classes
         self.deep_supervision = bool(deep_supervision)  # accepted, ignored
         self.widths = widths
-        self.divisor = 2 ** (len(widths) - 1)
+        self.size_multiple = 2 ** (len(widths) - 1)
         self.output_strides = tuple(2 ** s for s in reversed(range(len(widths) - 1)))
         self.criterion_kwargs = dict(criterion_kwargs or {})
 
@@ -214,16 +214,16 @@ class MaskMed(nn.Module):
     # ------------------------------------------------------------------ forward
     def check_input(self, x) -> None:
         """InputTypeError / InputShapeError unless ``x`` is a float ``(N, in_channels, D, H, W)`` tensor with
-        ``D, H, W`` multiples of :attr:`divisor`."""
+        ``D, H, W`` multiples of :attr:`size_multiple`."""
         check_tensor("x", x, ndim=5, layout_hint="(N, C, D, H, W)")
         if x.shape[1] != self.in_channels:
             raise InputShapeError(f"MaskMed: x has {x.shape[1]} channels but the model was built with "
                                   f"in_channels={self.in_channels}; expected (N, {self.in_channels}, D, H, W), "
                                   f"got {tuple(x.shape)}")
-        if any(s % self.divisor for s in x.shape[2:]):
+        if any(s % self.size_multiple for s in x.shape[2:]):
             raise InputShapeError(f"MaskMed: the spatial sizes (D, H, W) of x must be multiples of "
-                                  f"divisor={self.divisor} (2 ** (len(widths) - 1)), got {tuple(x.shape[2:])}; "
-                                  f"pad or crop the input")
+                                  f"size_multiple={self.size_multiple} (2 ** (len(widths) - 1)), "
+                                  f"got {tuple(x.shape[2:])}; pad or crop the input")
 
     def forward_features(self, x: torch.Tensor) -> Dict[str, List[torch.Tensor]]:
         """The per-stage predictions (training-mode output), whatever the mode."""

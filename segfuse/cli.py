@@ -12,9 +12,10 @@ import sys
 
 COMMANDS = {
     "bench": ("segfuse.bench.cli", "kernel benchmark: memory traffic, launches and (on CUDA) timings"),
-    "train": ("segfuse.train.cli", "train a segmentation model"),
+    "train": ("segfuse.train_cli", "train a segmentation model"),
     "predict": ("segfuse.predict_cli", "predict label maps for NIfTI images"),
     "evaluate": ("segfuse.evaluate_cli", "per-class Dice and HD95 of predictions against labels"),
+    "study": ("segfuse.study_cli", "supervision study: single output vs deep supervision vs LoMix, fair budgets"),
     "check-gpu": ("segfuse.check_gpu", "on a CUDA machine: the GPU test tier and the timed bench, in one report"),
 }
 
@@ -58,10 +59,16 @@ def _main(argv=None) -> int:
         p.set_defaults(_module=module)
     args, _ = parser.parse_known_args(argv)
     mod = importlib.import_module(args._module)
-    full = argparse.ArgumentParser(prog=f"segfuse {args.command}", description=COMMANDS[args.command][1])
+    passes_on = getattr(mod, "PASSES_OPTIONS_ON", False)  # e.g. study: options it does not know go to `segfuse train`
+    # no prefix matching where options are passed on: `--seed` must not be read as the study's `--seeds`
+    full = argparse.ArgumentParser(prog=f"segfuse {args.command}", description=COMMANDS[args.command][1],
+                                   allow_abbrev=not passes_on)
     mod.add_arguments(full)
     argv = list(sys.argv[1:] if argv is None else argv)
     argv.remove(args.command)
+    if passes_on:
+        known, rest = full.parse_known_args(argv)
+        return int(mod.run(known, rest) or 0)
     return int(mod.run(full.parse_args(argv)) or 0)
 
 

@@ -1,4 +1,4 @@
-"""segfuse.data: nnU-Net raw-layout reader, preprocessing, embedded datasets, samplers.
+"""segfuse.data: nnU-Net raw-layout reader, preprocessing, train/validation split, embedded datasets, samplers.
 
 ``resolve_data(spec, cache_dir, dims, seed)`` turns ``--data DIR|synthetic|mni152`` into a folder.
 """

@@ -2,9 +2,11 @@
 
 CT channels (``channel_names`` value "CT", case-insensitive): clip to a HU window and scale to [0, 1].
 All other channels (MRI, T1, T2, FLAIR, ...): per-case z-score over the whole volume.
+:class:`Preprocess` binds both to a run's settings (stored in the run config, reused by predict).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -57,3 +59,18 @@ def resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     factors = [n / m for n, m in zip(shape, array.shape)]
     return ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True,
                         prefilter=order > 1).astype(array.dtype)
+
+
+@dataclasses.dataclass
+class Preprocess:
+    """How raw images become network input: a run's channel names, CT window and target spacing (mm, or
+    None to keep the data's). Stored in the run config; training, predict and evaluate apply the same."""
+    channel_names: Sequence[str]
+    ct_window: Tuple[float, float] = DEFAULT_CT_WINDOW
+    spacing: Optional[Sequence[Optional[float]]] = None
+
+    def __call__(self, image: np.ndarray, label: Optional[np.ndarray], spacing):
+        """image ``[C, X, Y, Z]`` raw -> (normalised, resampled image, label, spacing)."""
+        if self.spacing is not None:
+            image, label, spacing = resample(image, label, spacing, self.spacing)
+        return normalize(image, self.channel_names, self.ct_window), label, tuple(spacing)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from segfuse.data import NnUNetDataset, UserError
-from segfuse.train.data_setup import Preprocess, load_volumes
+from segfuse.data.preprocess import Preprocess
+from segfuse.data.split import load_volumes
 
 
 def _set_label(path, fn):

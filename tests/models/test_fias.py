@@ -57,7 +57,7 @@ def test_default_param_count_and_flops():
 # ----------------------------------------------------------------------------- shapes
 def test_stage_and_output_shapes():
     net = create_model("fias", 2, 1, 3, deep_supervision=True, **TINY)
-    assert isinstance(net, FIAS) and net.divisor == 32 and net.output_strides == (32, 16, 8, 4)
+    assert isinstance(net, FIAS) and net.size_multiple == 32 and net.output_strides == (32, 16, 8, 4)
     x = torch.randn(2, 1, 64, 96)
     with force_backend("reference"):
         net.train()
@@ -243,5 +243,5 @@ def test_bad_inputs():
         net(torch.randn(1, 1, 32, 32, 32))
     with pytest.raises(ValueError, match="x has 3 channels but the model was built with in_channels=1"):
         net(torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match=r"multiple of divisor=32 .*got \(48, 64\)"):
+    with pytest.raises(ValueError, match=r"multiple of size_multiple=32 .*got \(48, 64\)"):
         net(torch.randn(1, 1, 48, 64))

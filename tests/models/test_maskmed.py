@@ -56,7 +56,7 @@ def test_param_count_default():
     print(f"MaskMed default (in 1, 14 classes): {total:,} parameters, {groups}")
     assert total == 67_466_255
     assert groups == {"cnn": 62_809_728, "transformer": 4_656_527}
-    assert net.divisor == 16 and net.num_queries == 14 and net.output_strides == (8, 4, 2, 1)
+    assert net.size_multiple == 16 and net.num_queries == 14 and net.output_strides == (8, 4, 2, 1)
     assert net.head.cross_attention_stages == 3 and net.fsad.num_query_stages == 3
 
 
@@ -242,7 +242,7 @@ def test_masked_attention_mask():
 def test_registry_builds_maskmed_and_ignores_deep_supervision():
     net = create_model("maskmed", 3, 2, 4, deep_supervision=True, **SMALL)
     assert isinstance(net, MaskMed) and net.in_channels == 2 and net.num_queries == 4
-    assert net.divisor == 8 and net.output_strides == (4, 2, 1)
+    assert net.size_multiple == 8 and net.output_strides == (4, 2, 1)
 
 
 def test_bad_arguments():
@@ -273,5 +273,5 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"x has 2 channels but the model was built with in_channels=1; "
                                          r"expected \(N, 1, D, H, W\)"):
         net(torch.randn(1, 2, 32, 32, 32))
-    with pytest.raises(ValueError, match=r"multiples of divisor=8 .* got \(32, 36, 32\)"):
+    with pytest.raises(ValueError, match=r"multiples of size_multiple=8 .* got \(32, 36, 32\)"):
         net(torch.randn(1, 1, 32, 36, 32))

@@ -7,7 +7,8 @@ from segfuse.cli import COMMANDS, main as cli
 from .conftest import run_cli
 
 # an option each command's help must list (beyond -h)
-EXPECTED = {"bench": "--cases", "train": "--model", "predict": "--run", "evaluate": "--run", "check-gpu": "--out"}
+EXPECTED = {"bench": "--cases", "train": "--model", "predict": "--run", "evaluate": "--run", "check-gpu": "--out",
+            "study": "--seeds"}
 
 
 def test_every_command_is_covered():

@@ -27,8 +27,8 @@ def _worker(rank, world, port, data, out, model):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from segfuse.kernels import force_backend
-    from segfuse.train import distributed as D
-    from segfuse.train.trainer import TrainConfig, Trainer
+    from segfuse.training import distributed as D
+    from segfuse.training import TrainConfig, Trainer
     name, dims, patch, kw = MODELS[model]
     cfg = TrainConfig(model=name, data=data, run_dir=os.path.join(out, "run"), dims=dims, iterations=1,
                       iters_per_epoch=1, batch_size=2, patch_size=patch, val_split="none",

@@ -9,13 +9,14 @@ from segfuse.kernels import force_backend
 from segfuse.kernels.multi_logit_loss import LOMIX_OPS as OPS, map_names, num_supervised_maps
 from torch import nn
 
-from segfuse.train.factory import available_models, build_loss, build_model, loss_weights, optimizer_groups
+from segfuse.models import create_model, list_models
+from segfuse.training.factory import build_loss, loss_weights, optimizer_groups, size_multiple
 
 
 @pytest.mark.parametrize("supervision", ["single", "deep", "lomix", "fias"])
 def test_unet_losses_backward(supervision):
     deep = supervision != "single"
-    model = build_model("unet", 2, 1, 4, deep_supervision=deep).train()
+    model = create_model("unet", 2, 1, 4, deep_supervision=deep).train()
     x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 4, (2, 32, 32))
     out = model(x)
     num_maps = len(out) if deep else 1
@@ -47,10 +48,10 @@ def test_unet_losses_backward(supervision):
 
 
 def test_registered_2d_model_trains_one_step():
-    if "lgmsnet" not in available_models():
+    if "lgmsnet" not in list_models():
         pytest.fail("segfuse.models does not register 'lgmsnet'")
     with force_backend("reference"):
-        model = build_model("lgmsnet", 2, 1, 3, deep_supervision=True).train()
+        model = create_model("lgmsnet", 2, 1, 3, deep_supervision=True).train()
         out = model(torch.randn(1, 1, 32, 32))
         assert isinstance(out, (list, tuple)) and out[-1].shape == (1, 3, 32, 32)
         fn, _ = build_loss("deep", len(out), 3, 2)
@@ -63,7 +64,13 @@ def test_unknown_names():
     with pytest.raises(ValueError):
         build_loss("triple", 1, 2, 2)
     with pytest.raises(ValueError):
-        build_model("no_such_model", 2, 1, 2)
+        create_model("no_such_model", 2, 1, 2)
+
+
+def test_size_multiple_is_the_models_attribute():
+    assert size_multiple(create_model("unet", 2, 1, 2, channels=(8, 16, 32, 64))) == 8
+    with pytest.raises(TypeError, match="Conv2d has no size_multiple"):
+        size_multiple(nn.Conv2d(1, 2, 3))
 
 
 class _TwoPartNet(nn.Module):
@@ -97,5 +104,5 @@ def test_model_criterion_and_lr_groups():
         optimizer_groups(_TwoPartNet(cover_all=False), mod, None)
     # a plain model: one group at the base rate, the loss's learnable weights included
     lomix_fn, lomix = build_loss("lomix", 3, 4, 2)
-    (g,) = optimizer_groups(build_model("unet", 2, 1, 4), lomix, None)
+    (g,) = optimizer_groups(create_model("unet", 2, 1, 4), lomix, None)
     assert g["lr_scale"] == 1.0 and any(p is lomix.raw_weights for p in g["params"])

@@ -14,9 +14,9 @@ import pytest
 from segfuse.cli import main as cli
 from segfuse.data import UserError
 from segfuse.kernels import force_backend
-from segfuse.train.checkpoint import load_checkpoint, save_checkpoint, write_json
-from segfuse.train.runlock import RunFolderBusy, acquire_run_lock
-from segfuse.train.trainer import TrainConfig, Trainer
+from segfuse.runs.checkpoint import load_checkpoint, save_checkpoint, write_json
+from segfuse.training.runlock import RunFolderBusy, acquire_run_lock
+from segfuse.training import TrainConfig, Trainer
 
 from .conftest import run_cli
 
@@ -68,7 +68,7 @@ def test_second_run_on_a_locked_folder_is_refused_naming_the_pid(tiny_data, tmp_
 def test_lock_is_released_when_the_holder_dies(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from segfuse.train.runlock import acquire_run_lock; "
+                               "import sys, time; from segfuse.training.runlock import acquire_run_lock; "
                                f"acquire_run_lock({str(run)!r}); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from segfuse.kernels import force_backend
-from segfuse.train.trainer import TrainConfig, Trainer
+from segfuse.training import TrainConfig, Trainer
 
 
 class HostReads(TorchDispatchMode):

@@ -5,8 +5,8 @@ import os
 import torch
 
 from segfuse.kernels import force_backend
-from segfuse.train.checkpoint import load_checkpoint
-from segfuse.train.trainer import TrainConfig, Trainer
+from segfuse.runs.checkpoint import load_checkpoint
+from segfuse.training import TrainConfig, Trainer
 
 
 def _cfg(data, run_dir, **kw):

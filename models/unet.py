@@ -1,8 +1,8 @@
-"""A plain U-Net in PyTorch (2D/3D): the ``unet`` baseline of ``segfuse train`` and the test model.
+"""A plain U-Net in PyTorch (2D/3D), registered as ``"unet"``: the baseline of ``segfuse train`` and the test model.
 
 ``UNet(spatial_dims, in_channels, num_classes, channels=(16, 32, 64))``: ``len(channels)`` levels, two
 3x3(x3) conv + InstanceNorm + LeakyReLU per level, max-pool down, transposed-conv up.
-Input ``[N, C, *S]`` with every S divisible by ``2 ** (levels - 1)``; output logits
+Input ``[N, C, *S]`` with every S a multiple of ``size_multiple = 2 ** (levels - 1)``; output logits
 ``[N, num_classes, *S]``. With ``deep_supervision=True`` and in training mode, forward returns a list
 of logits coarse -> fine (decoder levels, at their native resolution ``S / 2**k``).
 """
@@ -16,6 +16,8 @@ from torch import nn
 from segfuse.kernels.utils import (check_spatial_dims, conv_transpose_type, conv_type, instance_norm_type,
                                    maxpool_type)
 
+from .registry import register_model
+
 
 def _block(nd, cin, cout):
     conv = conv_type(nd)
@@ -25,6 +27,8 @@ def _block(nd, cin, cout):
 
 
 class UNet(nn.Module):
+    """Plain U-Net (see the module docstring); ``size_multiple`` and ``output_strides`` as every segfuse model."""
+
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int,
                  channels: Sequence[int] = (16, 32, 64), deep_supervision: bool = False):
         super().__init__()
@@ -41,7 +45,7 @@ class UNet(nn.Module):
         levels = list(reversed(range(len(ch) - 1))) if deep_supervision else [0]
         self.heads = nn.ModuleList([conv(ch[i], num_classes, 1) for i in levels])
         self.output_strides = [2 ** i for i in reversed(range(len(ch) - 1))]
-        self.divisor = 2 ** (len(ch) - 1)
+        self.size_multiple = 2 ** (len(ch) - 1)
 
     def forward(self, x: torch.Tensor):
         skips = []
@@ -57,3 +61,8 @@ class UNet(nn.Module):
         if self.deep_supervision and self.training:
             return outs
         return self.heads[-1](x)
+
+
+@register_model("unet")
+def _unet(spatial_dims, in_channels, num_classes, deep_supervision=False, **kw):
+    return UNet(spatial_dims, in_channels, num_classes, deep_supervision=deep_supervision, **kw)

@@ -1,54 +1,24 @@
-"""The one place that binds ``segfuse train`` to models and losses.
-
-``build_model`` uses ``segfuse.models.create_model`` for registered names and the local plain
-``unet`` (:mod:`segfuse.train.unet`, the baseline) for ``"unet"``. ``build_loss`` uses
-``segfuse.losses`` (fused kernels on CUDA, eager references on CPU).
+"""What training binds to a model: the input size multiple, the loss of a supervision mode
+(``segfuse.losses``: fused kernels on CUDA, eager references on CPU), optimiser parameter groups and
+the learned loss weights to log. Models themselves come from ``segfuse.models.create_model``.
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .unet import UNet
-
-log = logging.getLogger(__name__)
-SUPERVISIONS = ("single", "deep", "lomix", "fias")
-DEEP_SUPERVISIONS = ("deep", "lomix", "fias")  # the ones that need every deep-supervision map
+from segfuse.runs import SUPERVISIONS
 
 
-def available_models() -> List[str]:
-    names = ["unet"]
-    try:
-        from segfuse.models import list_models
-        names += list_models()
-    except ImportError:
-        pass
-    return sorted(set(names))
-
-
-def build_model(name: str, spatial_dims: int, in_channels: int, num_classes: int,
-                deep_supervision: bool = False, **kw) -> nn.Module:
-    """Model whose forward maps ``[N, in_channels, *S]`` to logits ``[N, num_classes, *S]`` (or, in
-    training mode with ``deep_supervision``, a list of logits coarse -> fine)."""
-    if name == "unet":
-        return UNet(spatial_dims, in_channels, num_classes, deep_supervision=deep_supervision, **kw)
-    try:
-        from segfuse.models import create_model
-    except ImportError as e:
-        raise ValueError(f"--model {name!r}: segfuse.models is not available ({e}); use 'unet'") from e
-    return create_model(name, spatial_dims, in_channels, num_classes,
-                        deep_supervision=deep_supervision, **kw)
-
-
-def size_divisor(model: nn.Module, spatial_dims: int) -> int:
-    """Input sizes the model accepts are multiples of this (``model.divisor`` or 32)."""
-    for attr in ("divisor", "size_divisor", "size_multiple"):
-        if getattr(model, attr, None):
-            return int(getattr(model, attr))
-    return 32
+def size_multiple(model: nn.Module) -> int:
+    """Input sizes the model accepts are multiples of ``model.size_multiple`` (every segfuse model has it)."""
+    value = getattr(model, "size_multiple", None)
+    if not value:
+        raise TypeError(f"{type(model).__name__} has no size_multiple attribute: every model trained by segfuse "
+                        "states the multiple its input sizes must have (see segfuse.models)")
+    return int(value)
 
 
 def deep_supervision_weights(num_maps: int) -> List[float]:
@@ -56,9 +26,20 @@ def deep_supervision_weights(num_maps: int) -> List[float]:
     return [0.5 ** (num_maps - 1 - i) for i in range(num_maps)]
 
 
+# Dice + CE formulations ``--dice-ce`` can give every supervision (single, deep, lomix) alike, so that a
+# comparison of supervisions compares the supervision and not the loss: MONAI's ``DiceCELoss`` defaults (CE +
+# Dice, plain denominators, per sample) and LoMix's released one (0.3 CE + 0.7 Dice, squared denominators,
+# sums over the batch). "auto": each supervision's own (single / deep: monai; lomix: lomix).
+DICE_CE = {"monai": dict(ce_weight=1.0, dice_weight=1.0, squared=False, batch=False),
+           "lomix": dict(ce_weight=0.3, dice_weight=0.7, squared=True, batch=True)}
+DICE_CE_CHOICES = ("auto",) + tuple(DICE_CE)
+
+
 def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: int,
-               model: Optional[nn.Module] = None) -> Tuple[Callable, nn.Module]:
+               model: Optional[nn.Module] = None, dice_ce: str = "auto") -> Tuple[Callable, nn.Module]:
     """Returns ``(loss_fn(outputs, target [N, *S] int64) -> scalar, module)``.
+
+    ``dice_ce``: the Dice + CE formulation of single / deep / lomix (:data:`DICE_CE`; "auto": each one's own).
 
     ``module`` holds the loss's learnable parameters (LoMix weights) and buffers; it is trained and
     checkpointed with the model. ``outputs`` is one logits tensor (``single``) or the model's list of
@@ -75,15 +56,22 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
         mod = model.criterion()
         return mod, mod
     from segfuse.losses import DeepSupervisionDiceCE, DiceCELoss, FIASLoss, LoMixLoss
+    if dice_ce not in DICE_CE_CHOICES:
+        raise ValueError(f"--dice-ce must be one of {DICE_CE_CHOICES}, got {dice_ce!r}")
+    form = DICE_CE[dice_ce if dice_ce != "auto" else ("lomix" if supervision == "lomix" else "monai")]
+    if supervision == "fias" and dice_ce != "auto":
+        raise ValueError("--dice-ce: FIAS supervision has its own formulation (0.6 CE + 0.4 Dice); leave it at auto")
     if supervision == "single":
-        mod = DiceCELoss(to_onehot_y=True, softmax=True)
+        mod = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=form["ce_weight"], lambda_dice=form["dice_weight"],
+                         squared_pred=form["squared"], batch=form["batch"])
 
         def single(out, target):
             return mod(out[-1] if isinstance(out, (list, tuple)) else out, target)
         return single, mod
     if supervision == "deep":
         w = deep_supervision_weights(num_maps)
-        mod = DeepSupervisionDiceCE(num_maps, weights=[x / sum(w) for x in w])
+        mod = DeepSupervisionDiceCE(num_maps, weights=[x / sum(w) for x in w], lambda_ce=form["ce_weight"],
+                                    lambda_dice=form["dice_weight"], squared=form["squared"], batch=form["batch"])
         return mod, mod
     if supervision == "fias":
         if num_maps < 2:
@@ -91,7 +79,7 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
                              f"the main output), this one gives {num_maps} map")
         mod = FIASLoss(num_maps)
         return mod, mod
-    mod = LoMixLoss(num_maps, num_classes, spatial_dims)
+    mod = LoMixLoss(num_maps, num_classes, spatial_dims, **form)
     return mod, mod
 
 

@@ -1,35 +1,22 @@
-"""From a dataset folder to training items and validation volumes (shared by train and evaluate)."""
+"""From a dataset folder to training items and validation volumes: the train/validation split of a run
+(training uses it, and evaluate ``--split val`` re-creates it from the run config)."""
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 
-from segfuse.data import NnUNetDataset
-from segfuse.data.preprocess import DEFAULT_CT_WINDOW, normalize, resample
-from segfuse.data.sampling import Volume, holdout_slices, slice_items
+from .nnunet import NnUNetDataset
+from .preprocess import Preprocess
+from .sampling import Volume, holdout_slices, slice_items
 
 VAL_SPLITS = ("auto", "cases", "slices", "none")
 
 
-@dataclasses.dataclass
-class Preprocess:
-    """How raw images become network input (stored in the run config, reused by predict)."""
-    channel_names: Sequence[str]
-    ct_window: Tuple[float, float] = DEFAULT_CT_WINDOW
-    spacing: Optional[Sequence[Optional[float]]] = None     # target spacing (mm) or None
-
-    def __call__(self, image: np.ndarray, label: Optional[np.ndarray], spacing):
-        """image ``[C, X, Y, Z]`` raw -> (normalised, resampled image, label, spacing)."""
-        if self.spacing is not None:
-            image, label, spacing = resample(image, label, spacing, self.spacing)
-        return normalize(image, self.channel_names, self.ct_window), label, tuple(spacing)
-
-
 def load_volumes(ds: NnUNetDataset, case_ids: Sequence[str], pre: Preprocess, split: str = "Tr"
                  ) -> List[Volume]:
+    """The cases of ``ds`` (``split`` "Tr" or "Ts"), preprocessed; warns when no label has foreground."""
     vols = []
     for cid in case_ids:
         case = ds.load_case(cid, split)
@@ -43,6 +30,7 @@ def load_volumes(ds: NnUNetDataset, case_ids: Sequence[str], pre: Preprocess, sp
 
 
 def resolve_split(val_split: str, dims: int, num_cases: int, every: int) -> str:
+    """``val_split`` (one of :data:`VAL_SPLITS`) with "auto" resolved: "cases", "slices" or "none"."""
     if val_split not in VAL_SPLITS:
         raise ValueError(f"--val-split must be one of {VAL_SPLITS}, got {val_split!r}")
     if val_split == "auto":

@@ -1,4 +1,4 @@
-"""The training loop behind ``segfuse train``.
+"""The training loop behind :func:`segfuse.train` and ``segfuse train``.
 
 ``Trainer(cfg).fit()`` trains ``cfg.model`` on ``cfg.data`` and writes, on rank 0 only, a run folder:
 ``config.json``, ``metrics.csv`` (one row per epoch), ``last.pt`` (every epoch and at the end) and
@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -27,54 +27,20 @@ from torch import nn
 
 from segfuse.data import NnUNetDataset, resolve_data
 from segfuse.data.augment import AugmentConfig
+from segfuse.data.errors import CheckpointError, MissingFileError, RunFolderExists
+from segfuse.data.preprocess import Preprocess
 from segfuse.data.sampling import PatchDataset
+from segfuse.data.split import load_volumes, resolve_split, split_data
 from segfuse.inference import predict_volume
 from segfuse.metrics import dice_score, nanmean
+from segfuse.models import create_model
+from segfuse.runs import DEEP_SUPERVISIONS
+from segfuse.runs.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint, write_csv, write_json
 
 from . import distributed as D
-from segfuse.data.errors import CheckpointError, MissingFileError, RunFolderExists
-
-from .checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint, write_csv, write_json
-from .data_setup import Preprocess, load_volumes, resolve_split, split_data
-from .factory import DEEP_SUPERVISIONS, build_loss, build_model, loss_weights, optimizer_groups, size_divisor
+from .config import TrainConfig
+from .factory import build_loss, loss_weights, optimizer_groups, size_multiple
 from .runlock import acquire_run_lock
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """All options of ``segfuse train`` (see ``segfuse train --help`` for their meaning)."""
-    model: str = "unet"
-    data: str = "synthetic"
-    run_dir: str = "runs/default"
-    dims: int = 2
-    supervision: str = "single"
-    epochs: int = 50
-    iters_per_epoch: int = 50
-    iterations: Optional[int] = None       # total iteration cap (overrides epochs * iters_per_epoch)
-    max_minutes: Optional[float] = None    # wall-clock budget (the LR schedule follows it)
-    batch_size: int = 8
-    patch_size: Optional[Sequence[int]] = None
-    optimizer: str = "adamw"
-    lr: Optional[float] = None             # default 2e-3 AdamW, 1e-2 SGD
-    weight_decay: float = 1e-4
-    schedule: str = "poly"
-    amp: str = "auto"
-    val_every: int = 1
-    val_split: str = "auto"
-    holdout_every: int = 5
-    augment: str = "default"
-    fg_prob: float = 0.33
-    spacing: Optional[Sequence[Optional[float]]] = None
-    ct_window: Sequence[float] = (-175.0, 250.0)
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    cache_dir: Optional[str] = None
-    model_kwargs: Dict = dataclasses.field(default_factory=dict)
-    transformer_lr_scale: Optional[float] = None  # models with param_groups(): transformer lr = lr * this
-    resume: bool = False
-    progress: bool = True
-    stop_after_epochs: Optional[int] = None  # end this process after N more epochs (chunked jobs)
 
 
 def _amp_dtype(amp: str, device: torch.device):
@@ -100,14 +66,11 @@ class _Joint(nn.Module):
 
 
 class Trainer:
+    """One training run of a :class:`TrainConfig`: data, model, loss and optimiser are set up on
+    construction; :meth:`fit` trains and writes the run folder."""
+
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        if cfg.dims not in (2, 3):
-            raise ValueError(f"--dims must be 2 or 3, got {cfg.dims!r}")
-        if cfg.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
-        if cfg.schedule not in ("poly", "cosine", "constant"):
-            raise ValueError(f"--schedule must be poly, cosine or constant, got {cfg.schedule!r}")
+        self.cfg = cfg                     # TrainConfig checked its choices (dims, optimizer, schedule, ...)
         dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.rank, self.world, local = D.init_distributed(torch.device(dev).type)
         self.device = torch.device(f"cuda:{local}" if dev == "cuda" and self.world > 1 else dev)
@@ -147,9 +110,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         ds = self.ds
         deep = cfg.supervision in DEEP_SUPERVISIONS
-        self.model = build_model(cfg.model, cfg.dims, len(ds.channel_names), ds.num_classes,
-                                 deep_supervision=deep, **cfg.model_kwargs).to(self.device)
-        div = size_divisor(self.model, cfg.dims)
+        self.model = create_model(cfg.model, cfg.dims, len(ds.channel_names), ds.num_classes,
+                                  deep_supervision=deep, **cfg.model_kwargs).to(self.device)
+        div = size_multiple(self.model)
         if cfg.patch_size:
             patch = tuple(int(p) for p in cfg.patch_size)
             if len(patch) != cfg.dims:
@@ -164,7 +127,7 @@ class Trainer:
         self.patch = patch
         self.num_maps = self._count_maps() if deep else 1
         self.loss_fn, self.loss_module = build_loss(cfg.supervision, self.num_maps, ds.num_classes, cfg.dims,
-                                                    model=self.model)
+                                                    model=self.model, dice_ce=cfg.dice_ce)
         self.loss_module.to(self.device)
         self.joint = _Joint(self.model, self.loss_module, self.loss_fn)
         self.ddp = self.joint
@@ -220,7 +183,7 @@ class Trainer:
         c.update(data_dir=self.data_dir, num_classes=self.ds.num_classes, class_names=self.ds.class_names,
                  channel_names=self.ds.channel_names, patch_size=list(self.patch), val_split_resolved=self.split,
                  num_maps=self.num_maps, world_size=self.world,
-                 divisor=size_divisor(self.model, self.cfg.dims))
+                 size_multiple=size_multiple(self.model))
         return c
 
     # ------------------------------------------------------------------ loop

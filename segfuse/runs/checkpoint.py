@@ -1,4 +1,7 @@
-"""Atomic checkpoint/CSV/JSON writing: write to a temporary file in the same folder, then rename.
+"""A run folder's files, written atomically: write to a temporary file in the same folder, then rename.
+
+Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`), ``config.json`` (:func:`write_json`) and
+CSV tables (:func:`write_csv`).
 
 Temporary files are named ``.NAME.XXXXXXXX.tmp``; a process killed mid-write leaves one behind, and
 :func:`remove_stale_temp_files` (called by the trainer at start, under the run-folder lock) deletes
@@ -86,6 +89,7 @@ def remove_stale_temp_files(folder: str) -> List[str]:
 
 
 def write_json(obj, path: str) -> None:
+    """``obj`` as indented JSON (non-JSON values as their ``str``)."""
     _atomic(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
 
 

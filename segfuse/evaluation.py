@@ -1,0 +1,219 @@
+"""Per-class Dice and HD95 (mm, from the NIfTI voxel spacing): :func:`evaluate`, exported as
+``segfuse.evaluate`` and behind ``segfuse evaluate``.
+
+Two ways in:
+
+* ``pred=DIR, labels=DIR``: compare ``DIR/CASE.nii.gz`` files (every label file needs a prediction;
+  shapes and affines must agree).
+* ``run=RUN``: predict the run's held-out data first (``split="test"``: ``imagesTs`` + ``labelsTs``;
+  ``"val"``: the validation cases/slices used during training; ``"auto"``: test when the dataset has
+  ``labelsTs``), writing NIfTI predictions to ``RUN/eval_<split>/``, then compare.
+
+Writes ``metrics.csv`` (one row per case and class) and ``summary.csv`` next to the predictions (or to
+``out``). Conventions: see :mod:`segfuse.metrics`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """What :func:`evaluate` measured: ``rows`` (one per case and class: ``case, class, name, dice, hd95``),
+    ``summary`` (one per foreground class, then the mean), the folder of the CSVs and, with a run, the
+    folder of the predictions it wrote (else None)."""
+    rows: List[Dict]
+    summary: List[Dict]
+    out_dir: str
+    predictions: Optional[str] = None
+
+    @property
+    def mean_dice(self) -> float:
+        """The summary's "mean (foreground)" Dice."""
+        return float(self.summary[-1]["dice_mean"])
+
+
+def evaluate_arrays(cases: List[tuple], num_classes: int, class_names: Optional[List[str]] = None,
+                    include_hd95: bool = True) -> List[Dict]:
+    """``cases``: (case_id, pred ``[*S]``, label ``[*S]``, spacing). Returns rows
+    ``{case, class, name, dice, hd95}``."""
+    from segfuse.metrics import per_class_metrics
+    names = class_names or [str(c) for c in range(num_classes)]
+    rows = []
+    for cid, pred, lab, spacing in cases:
+        m = per_class_metrics(pred, lab, num_classes, spacing, include_hd95)
+        for c, vals in m.items():
+            rows.append({"case": cid, "class": c, "name": names[c], **vals})
+    return rows
+
+
+def summarize(rows: List[Dict], num_classes: int, names: List[str]) -> List[Dict]:
+    """Per foreground class: Dice mean and std over cases, HD95 mean, case counts; then their mean."""
+    from segfuse.metrics import nanmean
+    out = []
+    for c in range(1, num_classes):
+        r = [x for x in rows if x["class"] == c]
+        d = [x["dice"] for x in r]
+        out.append({"class": c, "name": names[c], "dice_mean": nanmean(d),
+                    "dice_std": float(np.nanstd(d)) if np.isfinite(d).any() else float("nan"),
+                    "hd95_mean": nanmean(x.get("hd95", float("nan")) for x in r),
+                    "n_cases": len(r), "n_empty": int(np.isnan(d).sum())})
+    out.append({"class": "mean", "name": "mean (foreground)",
+                "dice_mean": nanmean(s["dice_mean"] for s in out),
+                "dice_std": float("nan"), "hd95_mean": nanmean(s["hd95_mean"] for s in out),
+                "n_cases": len({x["case"] for x in rows}), "n_empty": sum(s["n_empty"] for s in out)})
+    return out
+
+
+def format_table(summary: List[Dict]) -> str:
+    """The summary as a text table (class, Dice, ± std, HD95, cases)."""
+    lines = [f"{'class':<22}{'Dice':>8}{'± std':>8}{'HD95 mm':>10}{'cases':>7}"]
+    for s in summary:
+        std = "" if np.isnan(s["dice_std"]) else f"{s['dice_std']:.4f}"
+        hd = "" if np.isnan(s["hd95_mean"]) else f"{s['hd95_mean']:.2f}"
+        lines.append(f"{s['name']:<22}{s['dice_mean']:>8.4f}{std:>8}{hd:>10}{s['n_cases']:>7}")
+    return "\n".join(lines)
+
+
+def load_folder_pairs(pred_dir: str, label_dir: str) -> List[tuple]:
+    """(case_id, pred, label, spacing) of every label file in ``label_dir`` and its prediction in ``pred_dir``."""
+    import nibabel as nib
+
+    from segfuse.data.errors import DataError, MissingFileError
+    from segfuse.data.nnunet import AFFINE_ATOL
+
+    def read(path, cid):
+        try:
+            img = nib.load(path)
+            return img, np.asanyarray(img.dataobj)
+        except Exception as e:    # truncated gzip, random bytes, ...: name the file
+            raise DataError(f"case {cid!r}: cannot read {path} (damaged or not a NIfTI file): "
+                            f"{type(e).__name__}: {e}") from e
+    for d, flag in ((pred_dir, "pred"), (label_dir, "labels")):
+        if not d or not os.path.isdir(d):
+            raise MissingFileError(f"{flag} {d!r} is not a folder")
+    files = sorted(f for f in os.listdir(label_dir) if f.endswith((".nii.gz", ".nii")))
+    if not files:
+        raise MissingFileError(f"labels {label_dir!r} holds no .nii.gz files")
+    out = []
+    for f in files:
+        cid = f[:-7] if f.endswith(".nii.gz") else f[:-4]
+        pp = os.path.join(pred_dir, f)
+        if not os.path.isfile(pp):
+            raise MissingFileError(f"case {cid!r}: no prediction {pp}")
+        (li, lab), (pi, pred) = read(os.path.join(label_dir, f), cid), read(pp, cid)
+        if lab.shape != pred.shape:
+            raise DataError(f"case {cid!r}: prediction {pp} has shape {pred.shape}, label has {lab.shape}")
+        if not np.allclose(li.affine, pi.affine, atol=AFFINE_ATOL):
+            raise DataError(f"case {cid!r}: affine of prediction {pp} differs from its label")
+        out.append((cid, np.rint(pred).astype(np.int16), np.rint(lab).astype(np.int16),
+                    tuple(float(z) for z in li.header.get_zooms()[:lab.ndim])))
+    return out
+
+
+def predict_held_out(run, split: str = "auto", checkpoint: str = "last", tta: bool = False,
+                     device: str = "cpu") -> Tuple[List[tuple], str, Dict[str, np.ndarray]]:
+    """Predict a run's held-out data into ``RUN/eval_<split>/``; returns ((case_id, pred, label, spacing)
+    list, that folder, ``{case_id: image}`` (the preprocessed-input-space images, for the overlays)). ``split``: ``"test"`` (``imagesTs`` + ``labelsTs``), ``"val"`` (the validation split
+    of training) or ``"auto"`` (test when the dataset has ``labelsTs``)."""
+    from segfuse.data.errors import MissingFileError
+    from segfuse.data.nnunet import save_nifti
+    from segfuse.inference import predict_volume
+    from segfuse.prediction import predict_case
+    if split not in ("auto", "test", "val"):
+        raise ValueError(f"split must be auto, test or val, got {split!r}")
+    model = run.load_model(checkpoint, device)
+    ds = run.dataset()
+    if split == "auto":
+        split = "test" if ds.case_ids("Ts") and ds.label_file(ds.case_ids("Ts")[0], "Ts") else "val"
+    out_dir = os.path.join(run.folder, f"eval_{split}")
+    os.makedirs(out_dir, exist_ok=True)
+    cases, images = [], {}
+    if split == "test":
+        ids = ds.case_ids("Ts")
+        if not ids:
+            raise MissingFileError(f"split test: {ds.root}/imagesTs holds no cases")
+        for cid in ids:
+            lf = ds.label_file(cid, "Ts")
+            if lf is None:
+                raise MissingFileError(f"case {cid!r}: split test needs labelsTs/{cid}{ds.file_ending}")
+            pred, case = predict_case(run, model, ds.image_files(cid, "Ts"), cid, tta=tta, device=device)
+            lab = ds.load_case(cid, "Ts").label
+            save_nifti(os.path.join(out_dir, cid + ".nii.gz"), pred, case.affine, case.header, np.uint8)
+            cases.append((cid, pred, lab, case.spacing))
+            images[cid] = case.image
+    else:
+        for v in run.validation_volumes():
+            probs = predict_volume(model, v.image, run.dims, run.patch_size, run.num_classes, tta=tta, device=device)
+            pred = probs.argmax(0).astype(np.uint8)
+            save_nifti(os.path.join(out_dir, v.case_id + ".nii.gz"), pred, np.diag(list(v.spacing) + [1.0]))
+            cases.append((v.case_id, pred, v.label, v.spacing))
+            images[v.case_id] = v.image
+    return cases, out_dir, images
+
+
+def _label_names(label_dir: str) -> Optional[List[str]]:
+    """Class names from the ``dataset.json`` beside ``label_dir``, ordered by label value (None without one)."""
+    meta = os.path.join(os.path.dirname(os.path.abspath(label_dir)), "dataset.json")
+    if not os.path.isfile(meta):
+        return None
+    with open(meta) as f:
+        labels = json.load(f).get("labels", {})
+    return [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+
+
+def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = None, split: str = "auto",
+             checkpoint: str = "last", tta: bool = False, num_classes: Optional[int] = None, hd95: bool = True,
+             out: Optional[str] = None, device: str = "auto", overlays: bool = True) -> EvaluationResult:
+    """Per-case, per-class Dice (and HD95) of predictions against labels; writes ``metrics.csv``,
+    ``summary.csv`` and (``overlays``) one PNG per case in ``overlays/`` (:mod:`segfuse.overlays`: a few
+    representative slices, the image with ground-truth (solid) and prediction (dashed) contours in per-class
+    colours from ``dataset.json``; contours on grey with ``pred``/``labels``, which have no images).
+
+    Args:
+        run: a run folder (path) or :class:`segfuse.runs.Run`: predict its held-out data (``split``,
+            ``checkpoint``, ``tta``, ``device``) into ``RUN/eval_<split>/``, then compare. Or give:
+        pred, labels: folders of ``CASE.nii.gz`` predictions and references.
+        num_classes: with ``pred``/``labels``: classes incl. background (default: from the
+            ``dataset.json`` beside ``labels``, else max label + 1).
+        hd95: also compute HD95 (mm); False: Dice only (faster).
+        out: folder for the CSVs and ``overlays/`` (default: the predictions' folder).
+        overlays: write the per-case overlay PNGs.
+
+    Example:
+        >>> segfuse.evaluate("runs/quick").mean_dice
+        >>> segfuse.evaluate(pred="preds", labels="data/labelsTs").summary
+    """
+    from segfuse.runs import as_run, write_csv
+    if run is not None:
+        if pred or labels:
+            raise ValueError("give either run or pred/labels, not both")
+        from segfuse.prediction import resolve_device
+        run = as_run(run)
+        cases, pred_dir, images = predict_held_out(run, split, checkpoint, tta, resolve_device(device))
+        k, names, predictions = run.num_classes, run.class_names, pred_dir
+        meta = os.path.join(run.dataset().root, "dataset.json")
+    else:
+        if not (pred and labels):
+            raise ValueError("give pred and labels (or a run)")
+        cases = load_folder_pairs(os.fspath(pred), os.fspath(labels))
+        pred_dir, predictions, images = os.fspath(pred), None, None
+        meta = os.path.join(os.path.dirname(os.path.abspath(labels)), "dataset.json")
+        names = _label_names(os.fspath(labels))
+        k = num_classes or (len(names) if names else int(max(max(p.max(), l.max()) for _, p, l, _ in cases)) + 1)
+        names = names if names and len(names) == k else [str(c) for c in range(k)]
+    out_dir = os.fspath(out) if out else pred_dir
+    rows = evaluate_arrays(cases, k, names, include_hd95=hd95)
+    summary = summarize(rows, k, names)
+    write_csv(rows, os.path.join(out_dir, "metrics.csv"))
+    write_csv(summary, os.path.join(out_dir, "summary.csv"))
+    if overlays:
+        from segfuse.overlays import read_dataset_classes, write_evaluation_overlays
+        colors = read_dataset_classes(meta)[1] if os.path.isfile(meta) else None
+        write_evaluation_overlays(cases, out_dir, images=images, class_names=names, class_colors=colors)
+    return EvaluationResult(rows, summary, out_dir, predictions)
