@@ -25,6 +25,9 @@ def test_study_command_runs_every_arm_under_both_budgets(tiny_data, tmp_path, ca
         (b, a) for b in ("iterations", "minutes") for a in ("single", "deep", "lomix")]
     assert all(r["iterations"] == "2" for r in rows[:3]) and all(int(r["iterations"]) >= 1 for r in rows[3:])
     assert all(0.0 <= float(r["dice_mean"]) <= 1.0 for r in rows)
+    assert {r["split"] for r in rows} == {"test"}  # the phantoms have labelled test cases: scored there
+    assert [k for k in rows[0] if k.startswith("dice_")][-1] == "dice_mean" and \
+        not any("foreground" in k for k in rows[0]), "one column per class, then the mean"
     for arm in ("single", "deep", "lomix"):
         run = Run(out / f"iterations_{arm}_seed0")
         assert run.config["dice_ce"] == "lomix" and run.config["supervision"] == arm   # one formulation for all
