@@ -195,6 +195,42 @@ def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+class InsideInterpreterKernel:
+    """``active`` is True while triton's interpreter runs a kernel (between entering and leaving this context),
+    so that a dispatch mode can skip the interpreter's own host staging, which a GPU launch never makes.
+    Outside the interpreter (``TRITON_INTERPRET`` off) it never becomes active and patches nothing."""
+
+    def __init__(self):
+        self.active = False
+        self._saved = None
+
+    def __enter__(self):
+        if not interpreter_enabled():
+            return self
+        from triton.runtime import interpreter as interp
+
+        saved = self._saved = interp.GridExecutor.__call__
+        me = self
+
+        def grid_call(executor, *args, **kwargs):
+            me.active = True
+            try:
+                return saved(executor, *args, **kwargs)
+            finally:
+                me.active = False
+
+        interp.GridExecutor.__call__ = grid_call
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            from triton.runtime import interpreter as interp
+
+            interp.GridExecutor.__call__ = self._saved
+            self._saved = None
+        return False
+
+
 class AtenTraffic(TorchDispatchMode):
     """Sum each aten op's tensor input + output bytes; count the ops that launch a kernel.
 
@@ -206,9 +242,7 @@ class AtenTraffic(TorchDispatchMode):
         self.bytes = 0
         self.launches = 0
         self.ops: List[tuple] = []
-        self._in_interpreter = False
-        self._saved_call = None
-        self._patched = None
+        self._kernel = InsideInterpreterKernel()
         self._depth = 0  # our own ops re-enter this mode
 
     def __enter__(self):
@@ -216,30 +250,14 @@ class AtenTraffic(TorchDispatchMode):
         # ops issued while it runs a kernel are not counted. Re-entrant: our own ops re-enter this mode
         # (see __torch_dispatch__), so only the outermost enter/exit patches and restores.
         self._depth += 1
-        interp = None
-        if self._depth == 1 and interpreter_enabled():
-            from triton.runtime import interpreter as interp
-        if interp is not None:
-            saved = self._saved_call = interp.GridExecutor.__call__
-            me = self
-
-            def grid_call(executor, *args, **kwargs):
-                me._in_interpreter = True
-                try:
-                    return saved(executor, *args, **kwargs)
-                finally:
-                    me._in_interpreter = False
-
-            interp.GridExecutor.__call__ = grid_call
-            self._patched = interp
+        if self._depth == 1:
+            self._kernel.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         self._depth -= 1
-        if self._depth == 0 and self._saved_call is not None:
-            self._patched.GridExecutor.__call__ = self._saved_call
-            self._saved_call = None
-            self._patched = None
+        if self._depth == 0:
+            self._kernel.__exit__(*exc)
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -251,7 +269,7 @@ class AtenTraffic(TorchDispatchMode):
             with self:
                 return OPDEFS[f"segfuse::{func._opname}"]._init_fn(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
-        if self._in_interpreter:
+        if self._kernel.active:
             return out
         name = func.overloadpacket.__name__.rstrip("_") if func.overloadpacket.__name__ != "set_" else "set_"
         if name in _NO_TRAFFIC or func.overloadpacket.__name__ in _NO_TRAFFIC:

@@ -11,6 +11,7 @@ staging, which a GPU launch never makes).
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from segfuse.bench.traffic import InsideInterpreterKernel
 from segfuse.kernels import force_backend
 from segfuse.training import TrainConfig, Trainer
 
@@ -24,15 +25,13 @@ class HostReads(TorchDispatchMode):
         super().__init__()
         self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
         self.reads = []
-        self._in_kernel = False
+        self._kernel = InsideInterpreterKernel()
 
     def _note(self, what, t):
-        if not self._in_kernel and t.untyped_storage().data_ptr() not in self.exclude:
+        if not self._kernel.active and t.untyped_storage().data_ptr() not in self.exclude:
             self.reads.append((what, tuple(t.shape)))
 
     def __enter__(self):
-        from triton.runtime import interpreter as interp
-
         me = self
         self._saved = {name: getattr(torch.Tensor, name) for name in self._PATCHED}
         for name, fn in self._saved.items():
@@ -40,23 +39,13 @@ class HostReads(TorchDispatchMode):
                 me._note(_name, t)
                 return _fn(t, *a, **k)
             setattr(torch.Tensor, name, wrapped)
-        self._saved_call = saved_call = interp.GridExecutor.__call__
-
-        def grid_call(executor, *args, **kwargs):
-            me._in_kernel = True
-            try:
-                return saved_call(executor, *args, **kwargs)
-            finally:
-                me._in_kernel = False
-        interp.GridExecutor.__call__ = grid_call
+        self._kernel.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
-        from triton.runtime import interpreter as interp
-
         for name, fn in self._saved.items():
             setattr(torch.Tensor, name, fn)
-        interp.GridExecutor.__call__ = self._saved_call
+        self._kernel.__exit__(*exc)
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
