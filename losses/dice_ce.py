@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,9 @@ class DiceCELoss(nn.Module):
     ``(B, *spatial)``; for a single sigmoid channel the labels are used as the 0/1 target, as MONAI
     does), sigmoid / softmax (exactly one; sigmoid with C == 1 uses BCE-with-logits like MONAI, with
     C > 1 it uses per-channel BCE where MONAI would use softmax CE), squared_pred, smooth_nr,
-    smooth_dr, batch, lambda_dice, lambda_ce. ``reduction`` is "mean" only. ``validate``: label-range and
+    smooth_dr, batch, lambda_dice, lambda_ce. ``ignore_index`` (nnU-Net's ignore label, as torch's
+    ``CrossEntropyLoss``): voxels with that label count in neither term (CE is the mean over the others).
+    ``reduction`` is "mean" only. ``validate``: label-range and
     NaN/Inf checks, "first" (default): raise with the details on the first call, then only an asynchronous
     device-side check on CUDA (no host sync per step); ``True`` every call (one host read each), ``"async"``,
     ``False`` (see :func:`segfuse.kernels.multi_logit_loss.multi_logit_dice_ce`).
@@ -38,7 +40,7 @@ class DiceCELoss(nn.Module):
     def __init__(self, include_background: bool = True, to_onehot_y: bool = True, sigmoid: bool = False,
                  softmax: bool = True, squared_pred: bool = False, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, batch: bool = False, lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                 validate="first"):
+                 ignore_index: Optional[int] = None, validate="first"):
         super().__init__()
         if sigmoid == softmax:
             raise ValueError(f"exactly one of sigmoid / softmax must be True, got sigmoid={sigmoid}, softmax={softmax}")
@@ -51,7 +53,7 @@ class DiceCELoss(nn.Module):
         self._validated = False
         self.kw = dict(ce_weight=lambda_ce, dice_weight=lambda_dice, sigmoid=sigmoid, squared=squared_pred,
                        batch=batch, include_background=include_background, smooth_nr=smooth_nr,
-                       smooth_dr=smooth_dr, weight_mode="fixed")
+                       smooth_dr=smooth_dr, weight_mode="fixed", ignore_index=ignore_index)
         self.register_buffer("_one", torch.ones(1), persistent=False)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -77,7 +79,7 @@ class DeepSupervisionDiceCE(nn.Module):
     registers). ``weights`` default to nnU-Net's ``1/2^k`` for the map ``k`` steps coarser than the finest
     one (the last map gets the largest weight), normalised to sum 1. Dice options default to MONAI's
     (plain denominators, per sample); ``validate`` as :class:`DiceCELoss` ("first"); other keyword
-    arguments (e.g. ``upsample="nearest"``) go to :func:`multi_logit_dice_ce`.
+    arguments (e.g. ``upsample="nearest"``, ``ignore_index``) go to :func:`multi_logit_dice_ce`.
     """
 
     def __init__(self, num_maps: int, weights: Sequence[float] | None = None, lambda_dice: float = 1.0,

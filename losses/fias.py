@@ -14,7 +14,7 @@ singleton subsets and the operator adds the ``2^A - 1 - A`` larger subsets, all 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class FIASLoss(nn.Module):
     """
 
     def __init__(self, num_maps: int = 4, aux_combine: str = "mean", ce_weight: float = 0.6,
-                 dice_weight: float = 0.4, validate="first"):
+                 dice_weight: float = 0.4, ignore_index: Optional[int] = None, validate="first"):
         super().__init__()
         if not isinstance(num_maps, int) or isinstance(num_maps, bool) or num_maps < 2:
             raise ValueError(f"num_maps must be an int >= 2 (auxiliary maps + the main output), got {num_maps!r}")
@@ -62,7 +62,7 @@ class FIASLoss(nn.Module):
         self.validate = check_validate(validate, module=True)
         self._validated = False
         self.kw = dict(ce_weight=ce_weight, dice_weight=dice_weight, weight_mode="fixed", squared=False,
-                       batch=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
+                       batch=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5, ignore_index=ignore_index)
 
     @property
     def names(self):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +38,8 @@ class LoMixLoss(nn.Module):
         ce_weight, dice_weight: 0.3 / 0.7 as released.
         squared, batch, include_background, smooth_nr, smooth_dr: Dice options (released LoMix: squared
             denominators, batch-global sums, background included, 1e-5 / 1e-5).
+        ignore_index: a label outside the classes whose voxels count in no term (nnU-Net's ignore label);
+            None: every voxel counts.
         validate: in-pass label / NaN checks. "first" (default): the first call raises ``ValueError`` with
             the details, later calls only check asynchronously on CUDA (``torch._assert_async``, no host sync
             per step); ``True``: every call (one host read each); ``"async"``; ``False``.
@@ -58,7 +60,7 @@ class LoMixLoss(nn.Module):
                  weight_mode: str = "free", concat: str = "learned", ce_weight: float = 0.3,
                  dice_weight: float = 0.7, squared: bool = True, batch: bool = True,
                  include_background: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                 validate="first"):
+                 ignore_index: Optional[int] = None, validate="first"):
         super().__init__()
         if not isinstance(num_maps, int) or num_maps < 1:
             raise ValueError(f"num_maps must be a positive int, got {num_maps!r}")
@@ -76,7 +78,8 @@ class LoMixLoss(nn.Module):
         self.validate = check_validate(validate, module=True)
         self._validated = False
         self.kw = dict(ce_weight=ce_weight, dice_weight=dice_weight, squared=squared, batch=batch,
-                       include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+                       include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                       ignore_index=ignore_index)
         C, M = num_classes, num_maps
         self.raw_weights = nn.Parameter(torch.zeros(num_supervised_maps(M, ops)))
         fan = torch.tensor([len(s) * C for s in subsets(M) for _ in s], dtype=torch.float32)

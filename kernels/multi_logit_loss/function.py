@@ -30,11 +30,12 @@ from .layout import ParamGradLayout, ResultVector
 from .reference import LOSS_OPTIONS, OPS, WEIGHT_MODES, attn_rows, concat_rows, num_supervised_maps, subsets
 
 
-def raise_bad_inputs(bad: Sequence[float], num_classes: int, sigmoid: bool) -> None:
+def raise_bad_inputs(bad: Sequence[float], num_classes: int, sigmoid: bool, ignore_index=None) -> None:
     """Raise for the first nonzero count of ``bad`` = [NaN/Inf count per map ..., bad label count]."""
     if bad[-1] > 0:
         hi = _label_hi(num_classes, sigmoid)
-        raise InputValueError(f"target holds {int(bad[-1])} labels outside [0, {hi}] (negative or >= "
+        other = "" if ignore_index is None else f" other than ignore_index={ignore_index}"
+        raise InputValueError(f"target holds {int(bad[-1])} labels outside [0, {hi}]{other} (negative or >= "
                               f"num_classes={num_classes})")
     for i, n in enumerate(bad[:-1]):
         if n > 0:
@@ -45,12 +46,12 @@ def _label_hi(num_classes: int, sigmoid: bool) -> int:
     return 1 if (sigmoid and num_classes == 1) else num_classes - 1
 
 
-def _check_bad_inputs(bad: torch.Tensor, num_classes: int, sigmoid: bool, mode: str) -> None:
+def _check_bad_inputs(bad: torch.Tensor, num_classes: int, sigmoid: bool, mode: str, ignore_index=None) -> None:
     """Act on the ``(M + 1,)`` bad-input counts (device tensor) as ``mode`` says: "sync" reads them back and
     raises (:func:`raise_bad_inputs`); "async" queues a device-side assertion on CUDA (no host sync) and does
     nothing elsewhere; "off" nothing."""
     if mode == "sync":
-        raise_bad_inputs(bad.tolist(), num_classes, sigmoid)
+        raise_bad_inputs(bad.tolist(), num_classes, sigmoid, ignore_index)
     elif mode == "async" and bad.is_cuda:
         torch._assert_async(bad.sum() == 0, ASYNC_MESSAGE.format(hi=_label_hi(num_classes, sigmoid)))
 
@@ -91,30 +92,33 @@ def _mll_fwd_op(maps: List[torch.Tensor], target: torch.Tensor, raw_weights: tor
                 attn_weight: Optional[torch.Tensor], attn_bias: Optional[torch.Tensor], ops: str,
                 weight_mode: str, ce_weight: float, dice_weight: float, sigmoid: bool, squared: bool,
                 batch: bool, include_background: bool, smooth_nr: float, smooth_dr: float, upsample: str,
-                validate: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+                ignore_index: Optional[int], validate: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = dict(weight_mode=weight_mode, ce_weight=ce_weight, dice_weight=dice_weight, sigmoid=sigmoid,
                squared=squared, batch=batch, include_background=include_background, smooth_nr=smooth_nr,
-               smooth_dr=smooth_dr, upsample=upsample)
+               smooth_dr=smooth_dr, upsample=upsample, ignore_index=ignore_index)
     params = (concat_weight, concat_bias, attn_weight, attn_bias)
     C = maps[0].shape[1]
     if backend == "triton":
         from .triton import mll_forward
 
         res, coef = mll_forward(maps, target, raw_weights, _ops_tuple(ops), *params, **cfg)
-        _check_bad_inputs(ResultVector(raw_weights.numel(), len(maps)).field(res, "bad"), C, sigmoid, validate)
+        _check_bad_inputs(ResultVector(raw_weights.numel(), len(maps)).field(res, "bad"), C, sigmoid, validate,
+                          ignore_index)
         return res, coef
     if validate == "sync":  # raise before computing anything (the counts are computed again in res)
-        _check_bad_inputs(reference.count_bad_inputs(maps, target, C, sigmoid), C, sigmoid, validate)
+        _check_bad_inputs(reference.count_bad_inputs(maps, target, C, sigmoid, ignore_index), C, sigmoid, validate,
+                          ignore_index)
     res, coef = reference.mll_forward_reference(maps, target, raw_weights, _ops_tuple(ops), *params, **cfg)
     if validate == "async":
-        _check_bad_inputs(ResultVector(raw_weights.numel(), len(maps)).field(res, "bad"), C, sigmoid, validate)
+        _check_bad_inputs(ResultVector(raw_weights.numel(), len(maps)).field(res, "bad"), C, sigmoid, validate,
+                          ignore_index)
     return res, coef
 
 
 @_mll_fwd_op.register_fake
 def _(maps, target, raw_weights, concat_weight, concat_bias, attn_weight, attn_bias, ops, weight_mode,
-      ce_weight, dice_weight, sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, upsample, validate,
-      backend):
+      ce_weight, dice_weight, sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, upsample,
+      ignore_index, validate, backend):
     T, (B, C) = raw_weights.numel(), maps[0].shape[:2]
     res = maps[0].new_empty(ResultVector(T, len(maps)).size, dtype=torch.float32)
     coef = maps[0].new_empty((1 if batch else B, 2, T, C), dtype=torch.float32)
@@ -127,24 +131,26 @@ def _mll_bwd_op(grad_out: torch.Tensor, maps: List[torch.Tensor], target: torch.
                 attn_weight: Optional[torch.Tensor], attn_bias: Optional[torch.Tensor], res: torch.Tensor,
                 coef: torch.Tensor, ops: str, weight_mode: str, ce_weight: float, dice_weight: float,
                 sigmoid: bool, squared: bool, batch: bool, include_background: bool, smooth_nr: float,
-                smooth_dr: float, upsample: str, concat_grad: bool, backend: str
+                smooth_dr: float, upsample: str, ignore_index: Optional[int], concat_grad: bool, backend: str
                 ) -> tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
     params = (concat_weight, concat_bias, attn_weight, attn_bias)
     if backend == "triton":
         from .triton import mll_backward
 
         return mll_backward(grad_out, maps, target, raw_weights, _ops_tuple(ops), *params, res, coef,
-                            sigmoid=sigmoid, squared=squared, batch=batch, concat_grad=concat_grad, upsample=upsample)
+                            sigmoid=sigmoid, squared=squared, batch=batch, concat_grad=concat_grad, upsample=upsample,
+                            ignore_index=ignore_index)
     return reference.mll_backward_reference(
         grad_out, maps, target, raw_weights, _ops_tuple(ops), *params, weight_mode=weight_mode,
         ce_weight=ce_weight, dice_weight=dice_weight, sigmoid=sigmoid, squared=squared, batch=batch,
-        include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr, upsample=upsample)
+        include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr, upsample=upsample,
+        ignore_index=ignore_index)
 
 
 @_mll_bwd_op.register_fake
 def _(grad_out, maps, target, raw_weights, concat_weight, concat_bias, attn_weight, attn_bias, res, coef, ops,
       weight_mode, ce_weight, dice_weight, sigmoid, squared, batch, include_background, smooth_nr, smooth_dr,
-      upsample, concat_grad, backend):
+      upsample, ignore_index, concat_grad, backend):
     size = ParamGradLayout(len(maps), maps[0].shape[1]).size
     return ([torch.empty_like(x) for x in maps], raw_weights.new_empty(raw_weights.shape, dtype=torch.float32),
             maps[0].new_empty(size, dtype=torch.float32))
@@ -270,6 +276,24 @@ def _guard(logits, target, raw_weights, ops, params, weight_mode, ce_weight, dic
     return maps, target, ops, weight_mode, (cw, cb, aw, ab)
 
 
+def _guard_ignore_index(ignore_index, num_classes: int, sigmoid: bool, target: torch.Tensor):
+    """``ignore_index`` as an int (or None): an integer label outside the classes' range that ``target``'s dtype
+    can hold."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise InputTypeError(f"ignore_index must be an int label value or None, got {type(ignore_index).__name__}")
+    hi = _label_hi(num_classes, sigmoid)
+    if 0 <= ignore_index <= hi:
+        raise InputValueError(f"ignore_index={ignore_index} is a class label (classes are 0..{hi}); give a value "
+                              f"outside them, e.g. {hi + 1} (nnU-Net's ignore label is the largest label value)")
+    info = torch.iinfo(target.dtype)
+    if not info.min <= ignore_index <= info.max:
+        raise InputValueError(f"ignore_index={ignore_index} cannot occur in a {target.dtype} target "
+                              f"(values {info.min}..{info.max})")
+    return int(ignore_index)
+
+
 # ----------------------------------------------------------------------------- functional API
 def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor, *, ops: Sequence[str] = (),
                         concat_weight: Optional[torch.Tensor] = None, concat_bias: Optional[torch.Tensor] = None,
@@ -277,7 +301,8 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
                         weight_mode: str = "softplus", ce_weight: float = 0.3, dice_weight: float = 0.7,
                         sigmoid: bool = False, squared: bool = True, batch: bool = True,
                         include_background: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                        upsample: str = "linear", validate=True, return_per_map: bool = False):
+                        upsample: str = "linear", ignore_index: Optional[int] = None, validate=True,
+                        return_per_map: bool = False):
     """``sum_t w_t * (ce_weight * CE_t + dice_weight * Dice_t)`` over base and mutant maps, fused.
 
     Args:
@@ -287,7 +312,7 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
             ``F.interpolate(..., align_corners=False)`` does; the kernels read it at its own resolution,
             interpolate in registers and write its gradient at its own resolution.
         target: integer labels ``(B, *spatial)`` or ``(B, 1, *spatial)`` (uint8 .. int64). Softmax: values in
-            ``[0, C)``; sigmoid with C == 1: values in {0, 1}.
+            ``[0, C)``; sigmoid with C == 1: values in {0, 1}; and ``ignore_index`` where given.
         raw_weights: ``(T,)`` with ``T = M + len(ops) * (2^M - 1 - M)`` supervised maps (base maps first, then
             per op every subset of size >= 2 in ``itertools.combinations`` order).
         ops: subset of ``("add", "mul", "concat", "attention")``: LoMix mutant operators.
@@ -303,6 +328,9 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
         include_background: include class 0 in the Dice mean (CE always uses every class, as MONAI).
         smooth_nr, smooth_dr: Dice smoothing of numerator / denominator.
         upsample: "linear" (bilinear / trilinear, ``align_corners=False``; LoMix, MERIT) or "nearest".
+        ignore_index: a label value outside the classes (nnU-Net's ignore label) whose voxels count in neither
+            term: CE is the mean over the other voxels (0 if there are none), their probabilities and labels
+            are left out of every Dice sum, and their logits get a zero gradient. None: every voxel counts.
         validate: labels in range and finite logits (counted in-pass on the Triton path). ``True``: raise
             ``ValueError`` naming the fault (one tiny device->host read per call); ``"async"``: on CUDA a
             device-side assertion (``torch._assert_async``, no host sync; fails at the next synchronisation),
@@ -321,12 +349,13 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
         logits, target, raw_weights, ops, (concat_weight, concat_bias, attn_weight, attn_bias), weight_mode,
         ce_weight, dice_weight)
     upsample = look_up_option("upsample", upsample, UPSAMPLE_MODES)
+    ignore_index = _guard_ignore_index(ignore_index, maps[0].shape[1], bool(sigmoid), target)
     validate = _VALIDATE_MODE[check_validate(validate)]
     maps = [x.contiguous() for x in maps]
     cfg = dict(ops=",".join(ops), weight_mode=weight_mode, ce_weight=float(ce_weight),
                dice_weight=float(dice_weight), sigmoid=bool(sigmoid), squared=bool(squared), batch=bool(batch),
                include_background=bool(include_background), smooth_nr=float(smooth_nr),
-               smooth_dr=float(smooth_dr), upsample=upsample, validate=validate)
+               smooth_dr=float(smooth_dr), upsample=upsample, ignore_index=ignore_index, validate=validate)
     loss, per_map = MultiLogitDiceCEFunction.apply(target.contiguous(), raw_weights.float().contiguous(),
                                                    cw, cb, aw, ab, cfg, *maps)
     return (loss, per_map) if return_per_map else loss

@@ -5,16 +5,18 @@ Sizes: ``M`` base logit maps, ``C`` classes, ``T`` supervised maps (base + mutan
 
 * :class:`PartialRow`: one row per pass-1 program, ``part[B * n_chunks, width]``::
 
-      [ I (C x T) | P (C x T) | G (C) | CE (T) | BAD (M + 1) ]
+      [ I (C x T) | P (C x T) | G (C) | CE (T) | BAD (M + 1) | N (1) ]
 
   ``I[c, t] = sum p g``, ``P[c, t] = sum p^2`` (or ``sum p``), ``G[c]`` label counts, ``CE[t]`` summed
-  per-voxel CE, ``BAD[i]`` NaN/Inf count of map ``i`` and ``BAD[M]`` the out-of-range label count.
+  per-voxel CE, ``BAD[i]`` NaN/Inf count of map ``i`` and ``BAD[M]`` the out-of-range label count, ``N``
+  the voxels that count (not ``ignore_index``; written only when there is one: the CE denominator).
 * :class:`ResultVector`: ``res[size]``, written by the finalize kernel (or the reference)::
 
       [ loss | per_map (T) | ce (T) | dice (T) | dw (T) | ce_scale (T) | bad (M + 1) ]
 
   ``dw[t]`` is ``d loss / d raw_weight[t]`` before the upstream gradient; ``ce_scale[t]`` is the CE
-  chain factor ``w_t * ce_weight / n_ce`` pass 2 reads.
+  chain factor ``w_t * ce_weight / n_ce`` pass 2 reads (``n_ce``: the voxels that count, times C for sigmoid;
+  at least 1).
 * :class:`ParamGradLayout`: the flat parameter gradient ``[concat_weight | concat_bias | attn_weight |
   attn_bias]`` (shapes in :mod:`.reference`), one row per pass-2 program before the launcher's sum.
 * ``coef[B or 1, 2, T, C]``: the Dice chain coefficients (``A`` multiplies ``g``, ``Bq`` multiplies
@@ -56,12 +58,16 @@ class PartialRow:
         return self.ce + self.T
 
     @property
-    def width(self) -> int:
+    def n(self) -> int:
         return self.bad + self.M + 1
+
+    @property
+    def width(self) -> int:
+        return self.n + 1
 
     def constexprs(self) -> dict:
         return dict(PART_W=self.width, PART_I=self.i, PART_P=self.p, PART_G=self.g, PART_CE=self.ce,
-                    PART_BAD=self.bad)
+                    PART_BAD=self.bad, PART_N=self.n)
 
 
 @dataclasses.dataclass(frozen=True)

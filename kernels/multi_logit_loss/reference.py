@@ -119,7 +119,7 @@ def upsample_maps(maps: Sequence[torch.Tensor], size, upsample: str = "linear") 
 
 def dice_ce_terms(logits: torch.Tensor, target: torch.Tensor, *, sigmoid: bool = False,
                   squared: bool = True, batch: bool = True, include_background: bool = True,
-                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5):
+                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, ignore_index=None):
     """``(CE, Dice)`` of one map, fp32. ``target``: integer labels ``(B, *spatial)``.
 
     softmax: CE = mean over voxels of ``-log softmax(z)[y]``; Dice on softmax probabilities against
@@ -127,18 +127,30 @@ def dice_ce_terms(logits: torch.Tensor, target: torch.Tensor, *, sigmoid: bool =
     sigmoid against one-hot labels (multi-label); CE = mean BCE-with-logits over all elements.
     Dice per (b?, c): ``1 - (2 I + smooth_nr) / (P + G + smooth_dr)`` with ``P = sum p^2`` (squared)
     or ``sum p``; mean over the included classes (and samples when ``batch`` is False).
+    ``ignore_index``: voxels with that label are in neither sum (nnU-Net's ignore label): CE is the mean over
+    the other voxels (0 when there are none), and their probabilities and labels are left out of every Dice sum.
     """
     z = logits.float()
     B, C = z.shape[:2]
     y = target.long()
+    keep = None
+    if ignore_index is not None:
+        keep = (y != ignore_index).unsqueeze(1).float()  # (B, 1, *spatial)
+        y = torch.where(y == ignore_index, torch.zeros_like(y), y)
     if sigmoid:
         g = y.unsqueeze(1).float() if C == 1 else F.one_hot(y, C).movedim(-1, 1).float()
-        ce = F.binary_cross_entropy_with_logits(z, g)
+        ce_each = F.binary_cross_entropy_with_logits(z, g, reduction="none")
         p = torch.sigmoid(z)
     else:
         g = F.one_hot(y, C).movedim(-1, 1).float()
-        ce = F.cross_entropy(z, y)
+        ce_each = F.cross_entropy(z, y, reduction="none").unsqueeze(1)
         p = torch.softmax(z, dim=1)
+    if keep is None:
+        ce = ce_each.mean()
+    else:
+        n = keep.sum() * ce_each.shape[1]
+        ce = torch.where(n > 0, (ce_each * keep).sum() / n.clamp_min(1.0), torch.zeros_like(n))
+        p, g = p * keep, g * keep
     if not include_background and C > 1:
         p, g = p[:, 1:], g[:, 1:]
     dims = [0] + list(range(2, z.dim())) if batch else list(range(2, z.dim()))
@@ -156,7 +168,7 @@ def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.
                                   dice_weight: float = 0.7, sigmoid: bool = False, squared: bool = True,
                                   batch: bool = True, include_background: bool = True,
                                   smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, upsample: str = "linear",
-                                  return_per_map: bool = False):
+                                  ignore_index=None, return_per_map: bool = False):
     """Eager ``sum_t w_t (ce_weight CE_t + dice_weight Dice_t)`` over the base and mutant maps.
 
     Same arguments as :func:`segfuse.kernels.multi_logit_loss.multi_logit_dice_ce`; returns the fp32
@@ -169,7 +181,7 @@ def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.
     for z in maps:
         ce, dice = dice_ce_terms(z, target, sigmoid=sigmoid, squared=squared, batch=batch,
                                  include_background=include_background, smooth_nr=smooth_nr,
-                                 smooth_dr=smooth_dr)
+                                 smooth_dr=smooth_dr, ignore_index=ignore_index)
         per_map.append(ce_weight * ce + dice_weight * dice)
     per_map = torch.stack(per_map)
     loss = (w * per_map).sum()
@@ -177,17 +189,20 @@ def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.
 
 
 def count_bad_inputs(maps: Sequence[torch.Tensor], target: torch.Tensor, num_classes: int,
-                     sigmoid: bool) -> torch.Tensor:
+                     sigmoid: bool, ignore_index=None) -> torch.Tensor:
     """``(M + 1,)`` fp32: NaN/Inf count of each map, then the count of labels outside ``[0, num_classes)``
-    (``[0, 1]`` for a single sigmoid channel), as the kernels count them in pass 1."""
+    (``[0, 1]`` for a single sigmoid channel) other than ``ignore_index``, as the kernels count them in pass 1."""
     hi = 2 if (sigmoid and num_classes == 1) else num_classes
-    counts = [(~torch.isfinite(x)).sum() for x in maps] + [((target < 0) | (target >= hi)).sum()]
+    out = (target < 0) | (target >= hi)
+    if ignore_index is not None:
+        out = out & (target != ignore_index)
+    counts = [(~torch.isfinite(x)).sum() for x in maps] + [out.sum()]
     return torch.stack(counts).float()
 
 
 # the loss options both registered ops take, in their schema order
 LOSS_OPTIONS = ("weight_mode", "ce_weight", "dice_weight", "sigmoid", "squared", "batch", "include_background",
-                "smooth_nr", "smooth_dr", "upsample")
+                "smooth_nr", "smooth_dr", "upsample", "ignore_index")
 
 
 def _grad(fn, inputs, grad_out=None):
@@ -223,16 +238,19 @@ def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg)
     base = mix_maps(upsample_maps(maps, target.shape[1:], cfg["upsample"]), ops, cw, cb, aw, ab)
     terms = [dice_ce_terms(z, target, sigmoid=cfg["sigmoid"], squared=cfg["squared"], batch=cfg["batch"],
                            include_background=cfg["include_background"], smooth_nr=cfg["smooth_nr"],
-                           smooth_dr=cfg["smooth_dr"]) for z in base]
+                           smooth_dr=cfg["smooth_dr"], ignore_index=cfg["ignore_index"]) for z in base]
     ce = torch.stack([t[0] for t in terms])
     dice = torch.stack([t[1] for t in terms])
     per_map = cfg["ce_weight"] * ce + cfg["dice_weight"] * dice
     # d loss / d raw = J_w^T per_map
     w, (dw,) = _grad(lambda raw: transform_weights(raw, cfg["weight_mode"]), [raw_weights.float()], per_map)
     loss = (w * per_map).sum()
-    n_ce = B * target[0].numel() * (C if cfg["sigmoid"] else 1)
-    res = torch.cat([loss.detach().reshape(1), per_map, ce, dice, dw, w.detach() * cfg["ce_weight"] / n_ce,
-                     count_bad_inputs(maps, target, C, cfg["sigmoid"])]).float()
+    n_ce = float(target.numel() * (C if cfg["sigmoid"] else 1))
+    if cfg["ignore_index"] is not None:  # a device tensor: no host read
+        n_ce = ((target != cfg["ignore_index"]).sum() * (C if cfg["sigmoid"] else 1)).float().clamp_min(1.0)
+    ce_scale = w.detach() * cfg["ce_weight"] / n_ce  # with nothing to score, CE and its gradient are 0
+    res = torch.cat([loss.detach().reshape(1), per_map, ce, dice, dw, ce_scale,
+                     count_bad_inputs(maps, target, C, cfg["sigmoid"], cfg["ignore_index"])]).float()
     assert res.numel() == result.size
     coef = torch.zeros(1 if cfg["batch"] else B, 2, T, C, dtype=torch.float32, device=maps[0].device)
     return res, coef

@@ -66,6 +66,12 @@ CASES = {
                              dict(weight_mode="fixed", squared=False, batch=False)),
     "deep-native-M3-C2-nearest": (3, 2, 2, [(2, 3), (4, 6), (8, 12)], (8, 12), ("add",), torch.int64,
                                   dict(weight_mode="fixed", upsample="nearest")),
+    # nnU-Net's ignore label (every third voxel carries it)
+    "lomix-native-M4-C9-all-ops-ignore": (4, 1, 9, [(1, 1), (2, 2), (4, 4), (4, 4)], (4, 4), ALL_OPS, torch.uint8,
+                                          dict(LOMIX, ignore_index=255)),
+    "dice-ce-3d-M1-C4-ignore": (1, 2, 4, [(2, 3, 5)], (2, 3, 5), (), torch.int64,
+                                dict(weight_mode="fixed", ce_weight=1.0, dice_weight=1.0, squared=False, batch=False,
+                                     ignore_index=4)),
 }
 
 
@@ -75,6 +81,8 @@ def _case(label):
     def run(dtype, device):
         maps, y, params = make_problem(M, B, C, sizes, target, ops, dtype=dtype, device=device,
                                        label_dtype=label_dtype)
+        if kw.get("ignore_index") is not None:
+            y.view(-1)[::3] = kw["ignore_index"]
         return run_problem(maps, y, params, ops, validate=False, **kw)
     return run
 

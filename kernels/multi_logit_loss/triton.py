@@ -123,26 +123,32 @@ def _weights(w_ptr, tcol, tm, zsum, T: tl.constexpr, WEIGHT_MODE: tl.constexpr):
 
 # ----------------------------------------------------------------------------- pass 1
 @triton.jit
+def _program_box(n_by, n_bx):
+    # program (box, b, ...): its sample b, its row `prog` in the per-program buffers (b * boxes + box) and the
+    # box's (z, y, x) index in the grid of n_bz x n_by x n_bx boxes
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    prog = b * tl.num_programs(0) + pid
+    return pid, b, prog, pid // (n_bx * n_by), (pid // n_bx) % n_by, pid % n_bx
+
+
+@triton.jit
 def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr,
                       D, H, W, box_z, box_y, box_x, n_by, n_bx,
                       M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
                       T_BLOCK: tl.constexpr, BAD_PAD: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr,
                       OPS_MASK: tl.constexpr, SCALES: tl.constexpr, NEAREST: tl.constexpr,
-                      TZ: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr,
+                      TZ: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                      IGNORE: tl.constexpr,
                       PART_W: tl.constexpr, PART_I: tl.constexpr, PART_P: tl.constexpr, PART_G: tl.constexpr,
-                      PART_CE: tl.constexpr, PART_BAD: tl.constexpr):
+                      PART_CE: tl.constexpr, PART_BAD: tl.constexpr, PART_N: tl.constexpr):
     # maps: M x (B, C, *S_i) logits, S_i = (D, H, W) / SCALES[i]; y: (B, D*H*W) integer labels; desc: (T,
     # DESC_WIDTH) int32 rows (mixing.py); cw/cb/aw/ab: fp32 mixing parameters (reference.py layout); part:
     # (B * boxes, PART_W) fp32 rows. Program (box, b, T group) walks the (box_z, box_y, box_x) tiles of its box.
+    # HAS_IGNORE: voxels labelled IGNORE count in no sum (`keep`); the first T group counts the others (N).
     BLOCK: tl.constexpr = TZ * TY * TX
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid, b, prog, bzi, byi, bxi = _program_box(n_by, n_bx)
     t0 = tl.program_id(2) * T_BLOCK
-    n_boxes = tl.num_programs(0)
-    prog = b * n_boxes + pid
-    bxi = pid % n_bx
-    byi = (pid // n_bx) % n_by
-    bzi = pid // (n_bx * n_by)
     S = D * H * W
     cls = tl.arange(0, C_PAD)
     cmask = cls[:, None] < C
@@ -158,6 +164,7 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
     acc_ce = tl.zeros([T_BLOCK], tl.float32)
     acc_g = tl.zeros([C_PAD], tl.float32)
     acc_bad = tl.zeros([BAD_PAD], tl.float32)
+    acc_n = tl.zeros([BLOCK], tl.float32)
     for it in range(box_z * box_y * box_x):
         pz = (bzi * box_z + it // (box_y * box_x)) * TZ + lz
         py = (byi * box_y + (it // box_x) % box_y) * TY + ly
@@ -167,9 +174,16 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
         m2 = cmask & vmask[None, :]
         y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
         xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
+        if HAS_IGNORE:
+            keep = vmask & (y != IGNORE)
+        else:
+            keep = vmask
+        mk = cmask & keep[None, :]
         if t0 == 0:  # the first T group counts labels and bad inputs
-            acc_bad += tl.where(midx == M, tl.sum((vmask & ((y < 0) | (y >= N_LBL))).to(tl.float32), axis=0), 0.0)
+            acc_bad += tl.where(midx == M, tl.sum((keep & ((y < 0) | (y >= N_LBL))).to(tl.float32), axis=0), 0.0)
             acc_g += tl.sum(gf, axis=1)
+            if HAS_IGNORE:
+                acc_n += keep.to(tl.float32)
             for i in tl.static_range(M):
                 if SCALES[i][0] * SCALES[i][1] * SCALES[i][2] == 1:
                     xb = xs[i]
@@ -187,14 +201,14 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
             z, _mx, _den = mix(desc_ptr + t * DESC_WIDTH, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, b, v, vmask, S,
                                M, C, BLOCK, OPS_MASK, SCALES)
             p, ce = _probs(z, gf, cmask, SIGMOID)
-            p = tl.where(m2, p, 0.0)
+            p = tl.where(mk, p, 0.0)
             here = tcol[None, :] == t - t0
             acc_i += tl.where(here, tl.sum(p * gf, axis=1)[:, None], 0.0)
             if SQUARED:
                 acc_p += tl.where(here, tl.sum(p * p, axis=1)[:, None], 0.0)
             else:
                 acc_p += tl.where(here, tl.sum(p, axis=1)[:, None], 0.0)
-            acc_ce += tl.where(tcol == t - t0, tl.sum(tl.where(vmask, ce, 0.0), axis=0), 0.0)
+            acc_ce += tl.where(tcol == t - t0, tl.sum(tl.where(keep, ce, 0.0), axis=0), 0.0)
     base = part_ptr + prog * PART_W
     ct = cls[:, None] * T + t0 + tcol[None, :]
     ctm = cmask & (t0 + tcol[None, :] < T)
@@ -204,6 +218,8 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
     if t0 == 0:
         tl.store(base + PART_G + cls, acc_g, mask=cls < C)
         tl.store(base + PART_BAD + midx, acc_bad, mask=midx <= M)
+        if HAS_IGNORE:
+            tl.store(base + PART_N, tl.sum(acc_n, axis=0))
 
 
 # ----------------------------------------------------------------------------- finalize
@@ -212,12 +228,14 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, B, n_chunks, n_ce,
                          ce_weight, dice_weight, smooth_nr, smooth_dr,
                          M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
                          T_BLOCK: tl.constexpr, BAD_PAD: tl.constexpr, WEIGHT_MODE: tl.constexpr,
-                         PER_SAMPLE: tl.constexpr, INCLUDE_BG: tl.constexpr,
+                         PER_SAMPLE: tl.constexpr, INCLUDE_BG: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                         CE_PER_VOXEL: tl.constexpr,
                          PART_W: tl.constexpr, PART_I: tl.constexpr, PART_P: tl.constexpr, PART_G: tl.constexpr,
-                         PART_CE: tl.constexpr, PART_BAD: tl.constexpr,
+                         PART_CE: tl.constexpr, PART_BAD: tl.constexpr, PART_N: tl.constexpr,
                          RES_PER_MAP: tl.constexpr, RES_CE: tl.constexpr, RES_DICE: tl.constexpr,
                          RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr, RES_BAD: tl.constexpr):
-    # part: (B * n_chunks, PART_W) fp32; w: (T,) raw weights; res: ResultVector; coef: (B or 1, 2, T, C) fp32
+    # part: (B * n_chunks, PART_W) fp32; w: (T,) raw weights; res: ResultVector; coef: (B or 1, 2, T, C) fp32.
+    # n_ce: the CE denominator; with HAS_IGNORE it is counted here instead (N of every row x CE_PER_VOXEL terms)
     cls = tl.arange(0, C_PAD)
     if INCLUDE_BG or C == 1:
         incl = cls < C
@@ -227,6 +245,11 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, B, n_chunks, n_ce,
     n_incl = tl.sum(inclf, axis=0)
     zero = tl.sum(tl.zeros([T_BLOCK], tl.float32), axis=0)  # an fp32 scalar
     zsum = zero + 1.0
+    if HAS_IGNORE:  # the voxels that count, in a fixed order; at least 1 (no voxel: CE and its gradient are 0)
+        kept = zero
+        for r in range(B * n_chunks):
+            kept += tl.load(part_ptr + r * PART_W + PART_N)
+        n_ce = tl.maximum(kept * CE_PER_VOXEL, 1.0)
     if WEIGHT_MODE == 1:  # normalised weights need the softplus sum over every supervised map first
         zsum = zero
         for t0 in range(0, T, T_BLOCK):
@@ -395,20 +418,16 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
                      T_BLOCK: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr, PER_SAMPLE: tl.constexpr,
                      CONCAT_GRAD: tl.constexpr, OPS_MASK: tl.constexpr, SCALES: tl.constexpr, NCELLS: tl.constexpr,
                      NEAREST: tl.constexpr, ANY_COARSE: tl.constexpr, DOT_REDUCE: tl.constexpr, TZ: tl.constexpr,
-                     TY: tl.constexpr, TX: tl.constexpr, RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr,
+                     TY: tl.constexpr, TX: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE: tl.constexpr,
+                     RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr,
                      PG_CB: tl.constexpr, PG_AW: tl.constexpr, PG_AB: tl.constexpr, PG_SIZE: tl.constexpr):
     # maps: M x (B, C, *S_i) logits; outs: per map, its gradient (B, C, *S) (logits dtype) for a map at the label
     # size, else its fp32 slabs (B * boxes, C, ez, ey, ex) (the gradient itself with one box per sample, fp32);
     # res: ResultVector; coef: (B or 1, 2, T, C); gout: (1,) upstream grad; gw: (T,) fp32; pg: (B * boxes,
-    # PG_SIZE) fp32 zeros, one private row of parameter-gradient slots per program (ParamGradLayout)
+    # PG_SIZE) fp32 zeros, one private row of parameter-gradient slots per program (ParamGradLayout). Voxels
+    # labelled IGNORE (HAS_IGNORE) get a zero gradient (written, like every voxel of the tile).
     BLOCK: tl.constexpr = TZ * TY * TX
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    n_boxes = tl.num_programs(0)
-    prog = b * n_boxes + pid
-    bxi = pid % n_bx
-    byi = (pid // n_bx) % n_by
-    bzi = pid // (n_bx * n_by)
+    pid, b, prog, bzi, byi, bxi = _program_box(n_by, n_bx)
     S = D * H * W
     cls = tl.arange(0, C_PAD)
     cmask = cls[:, None] < C
@@ -438,8 +457,12 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
         vmask = (pz < D) & (py < H) & (px < W)
         v = (pz * H + py) * W + px
         m2 = cmask & vmask[None, :]
-        _y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
+        y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
         xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
+        if HAS_IGNORE:
+            mk = m2 & (y != IGNORE)[None, :]
+        else:
+            mk = m2
         gs = ()
         for i in tl.static_range(M):
             gs = gs + (tl.zeros([C_PAD, BLOCK], tl.float32),)
@@ -450,7 +473,7 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
             a_c = tl.load(cbase + t * C + cls, mask=cls < C, other=0.0) * gout
             b_c = tl.load(cbase + T * C + t * C + cls, mask=cls < C, other=0.0) * gout
             ce_scale = tl.load(res_ptr + RES_CE_SCALE + t) * gout
-            dz = _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, SIGMOID, SQUARED)
+            dz = _dlogits(z, gf, mk, cmask, a_c, b_c, ce_scale, SIGMOID, SQUARED)
             gs = mix_grad(desc, dz, xs, gs, cw_ptr, aw_ptr, ab_ptr, mx, den, pg_base, cls,
                           M, C, BLOCK, OPS_MASK, CONCAT_GRAD, PG_CB, PG_AW, PG_AB)
         for i in tl.static_range(M):
@@ -549,6 +572,11 @@ def _launch_geometry(geo: Geometry) -> dict:
                 n_bx=geo.n_box[2], SCALES=geo.scales, NEAREST=geo.nearest, TZ=TZ, TY=TY, TX=TX)
 
 
+def _ignore(ignore_index) -> dict:
+    """The ignore-label constexprs of pass 1 and pass 2 (IGNORE unused without one)."""
+    return dict(HAS_IGNORE=ignore_index is not None, IGNORE=0 if ignore_index is None else int(ignore_index))
+
+
 def _params(cw, cb, aw, ab, device):
     """The four mixing parameters; a 1-element placeholder (never read) for an operator not in use."""
     if all(t is not None for t in (cw, cb, aw, ab)):
@@ -558,10 +586,12 @@ def _params(cw, cb, aw, ab, device):
 
 
 def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, ce_weight, dice_weight,
-                sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, upsample="linear"):
+                sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, upsample="linear",
+                ignore_index=None):
     """Pass 1 + finalize. ``maps``: M contiguous ``(B, C, *S_i)`` tensors of one dtype, each at the label size
     ``S`` divided by an integer factor per axis (read at their own resolution, upsampled in registers);
-    ``target`` ``(B, *S)`` contiguous integer labels; parameters fp32 contiguous. Returns ``(res, coef)``:
+    ``target`` ``(B, *S)`` contiguous integer labels (``ignore_index``: a label that counts nowhere, or None);
+    parameters fp32 contiguous. Returns ``(res, coef)``:
     ``res`` a :class:`.layout.ResultVector`, ``coef`` ``(B or 1, 2, T, C)`` fp32."""
     M, B, C, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
     dev = maps[0].device
@@ -574,7 +604,7 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, 
         maps=tuple(maps), y_ptr=target, desc_ptr=descriptors(M, ops, dev), cw_ptr=cw, cb_ptr=cb, aw_ptr=aw,
         ab_ptr=ab, part_ptr=part, **_launch_geometry(geo),
         M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, SIGMOID=sigmoid, SQUARED=squared,
-        OPS_MASK=ops_mask(ops), **part_row.constexprs(), num_warps=NUM_WARPS)
+        OPS_MASK=ops_mask(ops), **_ignore(ignore_index), **part_row.constexprs(), num_warps=NUM_WARPS)
     res = torch.empty(result.size, dtype=torch.float32, device=dev)
     coef = torch.empty(1 if batch else B, 2, T, C, dtype=torch.float32, device=dev)
     _mll_finalize_kernel[(1,)](
@@ -582,13 +612,13 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, 
         n_ce=float(B * geo.voxels * (C if sigmoid else 1)), ce_weight=float(ce_weight),
         dice_weight=float(dice_weight), smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr),
         M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, WEIGHT_MODE=WEIGHT_CODE[weight_mode],
-        PER_SAMPLE=not batch, INCLUDE_BG=include_background, **part_row.constexprs(), **result.constexprs(),
-        num_warps=8)
+        PER_SAMPLE=not batch, INCLUDE_BG=include_background, HAS_IGNORE=ignore_index is not None,
+        CE_PER_VOXEL=C if sigmoid else 1, **part_row.constexprs(), **result.constexprs(), num_warps=8)
     return res, coef
 
 
 def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, coef, *, sigmoid, squared,
-                 batch, concat_grad, upsample="linear"):
+                 batch, concat_grad, upsample="linear", ignore_index=None):
     """Pass 2 (+ the gather of coarse maps' partial sums when a sample has several programs, or the logits
     are not fp32). Returns ``(grads: M tensors like maps, grad_raw_weights (T,) fp32, grad_params (PG_SIZE,)
     fp32)``."""
@@ -616,8 +646,8 @@ def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, 
         CONCAT_GRAD=concat_grad and "concat" in ops, OPS_MASK=ops_mask(ops),
         NCELLS=tuple(geo.cells_per_tile(i) for i in range(M)), ANY_COARSE=geo.any_coarse,
         DOT_REDUCE=geo.reduce_products(C_PAD) > DOT_REDUCE_ABOVE,
-        RES_DW=ResultVector(T, M).dw, RES_CE_SCALE=ResultVector(T, M).ce_scale, **pg_layout.constexprs(),
-        num_warps=NUM_WARPS)
+        RES_DW=ResultVector(T, M).dw, RES_CE_SCALE=ResultVector(T, M).ce_scale, **_ignore(ignore_index),
+        **pg_layout.constexprs(), num_warps=NUM_WARPS)
     if gather:
         rank = {i: k for k, i in enumerate(gather)}
         most = max(C * math.prod(geo.map_size3(i)) for i in gather)

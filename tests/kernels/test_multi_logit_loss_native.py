@@ -228,20 +228,24 @@ def test_tile_and_slab_bounds(nearest):
 
 
 # ----------------------------------------------------------------------------- traffic
-def test_traffic_reads_and_writes_each_map_at_its_own_resolution():
+@pytest.mark.parametrize("ignore_index", [None, 255], ids=["all-voxels", "ignore-label"])
+def test_traffic_reads_and_writes_each_map_at_its_own_resolution(ignore_index):
     """Per-program bytes of the fused path on EMCAD-style heads (1/8 .. 1/1 of 64 x 64, 4 classes, add + mul:
     no mixing parameters): forward + backward within 1.6x of the minimum (read every map at its own
     resolution and the labels once; write every map's gradient once), and the backward writes no more than
-    the gradients plus a few hundred bytes (nothing at full resolution besides the full-resolution map)."""
+    the gradients plus a few hundred bytes (nothing at full resolution besides the full-resolution map). An
+    ignore label costs no traffic but one count per program."""
     from segfuse.bench.traffic import InterpreterTraffic
 
     target = (64, 64)
     maps, y, params = _problem(4, 1, 4, _sizes(target, (8, 4, 2, 1)), target, ("add", "mul"),
                                label_dtype=torch.uint8)
+    if ignore_index is not None:
+        y.view(-1)[::3] = ignore_index
     map_bytes = sum(m.numel() * 4 for m in maps)
     with force_backend("triton"):
         with InterpreterTraffic() as fwd:
-            loss = multi_logit_dice_ce(maps, y, params["raw_weights"], ops=("add", "mul"))
+            loss = multi_logit_dice_ce(maps, y, params["raw_weights"], ops=("add", "mul"), ignore_index=ignore_index)
         with InterpreterTraffic() as bwd:
             torch.autograd.grad(loss, maps)
     minimum = 2 * map_bytes + y.numel()
