@@ -276,17 +276,14 @@ def _guard(logits, target, raw_weights, ops, params, weight_mode, ce_weight, dic
     return maps, target, ops, weight_mode, (cw, cb, aw, ab)
 
 
-def _guard_ignore_index(ignore_index, num_classes: int, sigmoid: bool, target: torch.Tensor):
-    """``ignore_index`` as an int (or None): an integer label outside the classes' range that ``target``'s dtype
-    can hold."""
+def _guard_ignore_index(ignore_index, target: torch.Tensor):
+    """``ignore_index`` as an int (or None): a label value ``target``'s dtype can hold; outside the classes
+    (nnU-Net's ignore label, the largest label value) or one of them (MONAI's ``DiceLoss(ignore_index=c)``:
+    that class's voxels then count nowhere, and its Dice is 0)."""
     if ignore_index is None:
         return None
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise InputTypeError(f"ignore_index must be an int label value or None, got {type(ignore_index).__name__}")
-    hi = _label_hi(num_classes, sigmoid)
-    if 0 <= ignore_index <= hi:
-        raise InputValueError(f"ignore_index={ignore_index} is a class label (classes are 0..{hi}); give a value "
-                              f"outside them, e.g. {hi + 1} (nnU-Net's ignore label is the largest label value)")
     info = torch.iinfo(target.dtype)
     if not info.min <= ignore_index <= info.max:
         raise InputValueError(f"ignore_index={ignore_index} cannot occur in a {target.dtype} target "
@@ -328,8 +325,8 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
         include_background: include class 0 in the Dice mean (CE always uses every class, as MONAI).
         smooth_nr, smooth_dr: Dice smoothing of numerator / denominator.
         upsample: "linear" (bilinear / trilinear, ``align_corners=False``; LoMix, MERIT) or "nearest".
-        ignore_index: a label value outside the classes (nnU-Net's ignore label) whose voxels count in neither
-            term: CE is the mean over the other voxels (0 if there are none), their probabilities and labels
+        ignore_index: a label value (nnU-Net's ignore label, outside the classes; or a class, as MONAI allows)
+            whose voxels count in neither term: CE is the mean over the other voxels (0 if there are none), their probabilities and labels
             are left out of every Dice sum, and their logits get a zero gradient. None: every voxel counts.
         validate: labels in range and finite logits (counted in-pass on the Triton path). ``True``: raise
             ``ValueError`` naming the fault (one tiny device->host read per call); ``"async"``: on CUDA a
@@ -349,7 +346,7 @@ def multi_logit_dice_ce(logits, target: torch.Tensor, raw_weights: torch.Tensor,
         logits, target, raw_weights, ops, (concat_weight, concat_bias, attn_weight, attn_bias), weight_mode,
         ce_weight, dice_weight)
     upsample = look_up_option("upsample", upsample, UPSAMPLE_MODES)
-    ignore_index = _guard_ignore_index(ignore_index, maps[0].shape[1], bool(sigmoid), target)
+    ignore_index = _guard_ignore_index(ignore_index, target)
     validate = _VALIDATE_MODE[check_validate(validate)]
     maps = [x.contiguous() for x in maps]
     cfg = dict(ops=",".join(ops), weight_mode=weight_mode, ce_weight=float(ce_weight),

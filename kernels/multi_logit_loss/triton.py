@@ -174,8 +174,9 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
         m2 = cmask & vmask[None, :]
         y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
         xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
-        if HAS_IGNORE:
+        if HAS_IGNORE:  # an ignore label may be a class too (MONAI): its voxels leave that class's counts as well
             keep = vmask & (y != IGNORE)
+            gf = tl.where(keep[None, :], gf, 0.0)
         else:
             keep = vmask
         mk = cmask & keep[None, :]

@@ -123,13 +123,31 @@ def test_fp16_logits_with_an_ignore_label():
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("ignore", [3, 1, -1], ids=["outside-the-classes", "a-class", "negative"])
+@pytest.mark.parametrize("include_background", [True, False])
+def test_matches_monai_dice_and_torch_ce_with_ignore_index(backend, ignore, include_background):
+    """The Dice term equals MONAI's ``DiceLoss(ignore_index=...)`` (an ignored class included: its Dice is 0) and
+    the CE term ``nn.CrossEntropyLoss(ignore_index=...)``."""
+    monai_losses = pytest.importorskip("monai.losses")
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(2, 3, 7, 9, generator=g)
+    y = _with_ignored(torch.randint(0, 3, (2, 1, 7, 9), generator=g), ignore, seed=5)
+    opts = dict(include_background=include_background, squared_pred=False, batch=False)
+    want_dice = monai_losses.DiceLoss(to_onehot_y=True, softmax=True, ignore_index=ignore, **opts)(z, y)
+    want_ce = torch.nn.functional.cross_entropy(z, y[:, 0], ignore_index=ignore)
+    with force_backend(backend):
+        dice = DiceCELoss(lambda_ce=0.0, ignore_index=ignore, **opts)(z, y)
+        ce = DiceCELoss(lambda_dice=0.0, ignore_index=ignore, **opts)(z, y)
+    assert_verbose_allclose(dice, want_dice, atol=1e-6, rtol=1e-5, name="Dice vs MONAI DiceLoss(ignore_index)")
+    assert_verbose_allclose(ce, want_ce, atol=1e-6, rtol=1e-5, name="CE vs nn.CrossEntropyLoss(ignore_index)")
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
 def test_bad_ignore_index_and_labels_outside_it(backend):
     z = torch.randn(1, 3, 4, 4)
     y = torch.randint(0, 3, (1, 4, 4))
     call = dict(raw_weights=torch.ones(1), weight_mode="fixed")
     with force_backend(backend):
-        with pytest.raises(ValueError, match=r"ignore_index=2 is a class label \(classes are 0..2\)"):
-            multi_logit_dice_ce([z], y, ignore_index=2, **call)
         with pytest.raises(TypeError, match="ignore_index must be an int"):
             multi_logit_dice_ce([z], y, ignore_index=3.0, **call)
         with pytest.raises(ValueError, match="cannot occur in a torch.uint8 target"):
