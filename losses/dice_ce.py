@@ -1,7 +1,8 @@
 """Single-map Dice + CE losses with the semantics users already trust, over the fused kernels.
 
 * :class:`DiceCELoss`: MONAI ``DiceCELoss`` options (softmax / sigmoid, to_onehot_y, include_background,
-  squared_pred, smooth_nr, smooth_dr, batch, lambda_dice, lambda_ce) for integer label targets.
+  squared_pred, smooth_nr, smooth_dr, batch, lambda_dice, lambda_ce, ignore_index) for label targets (integer,
+  or float holding integers), 1-D / 2D / 3D.
 * :class:`BCEDiceLoss`: LGMSNet 2D ``0.5 * BCEWithLogits + Dice`` (sigmoid, per-sample plain Dice, 1e-5).
 * :class:`DeepSupervisionDiceCE`: the same Dice + CE on several maps with fixed weights (coarse maps are
   upsampled to the labels inside the kernels, one fused call).
@@ -21,12 +22,13 @@ class DiceCELoss(nn.Module):
     """MONAI-compatible ``lambda_dice * Dice + lambda_ce * CE`` on one logit map, fused.
 
     Args (as MONAI's ``DiceCELoss``): include_background (Dice only; CE always uses every class, as
-    MONAI), to_onehot_y (must be True: targets are integer labels ``(B, 1, *spatial)`` or
-    ``(B, *spatial)``; for a single sigmoid channel the labels are used as the 0/1 target, as MONAI
-    does), sigmoid / softmax (exactly one; sigmoid with C == 1 uses BCE-with-logits like MONAI, with
+    MONAI), to_onehot_y (targets are labels ``(B, 1, *spatial)`` or ``(B, *spatial)``, integer or float
+    tensors holding integers; True is required for C > 1 (one-hot / soft targets are not supported yet); for
+    a single sigmoid channel the labels are the 0/1 target either way, as MONAI does), sigmoid / softmax (exactly one; sigmoid with C == 1 uses BCE-with-logits like MONAI, with
     C > 1 it uses per-channel BCE where MONAI would use softmax CE), squared_pred, smooth_nr,
     smooth_dr, batch, lambda_dice, lambda_ce. ``ignore_index`` (nnU-Net's ignore label, as torch's
     ``CrossEntropyLoss``): voxels with that label count in neither term (CE is the mean over the others).
+    Inputs may be ``(B, C, N)`` (1-D, as MONAI's), ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
     ``reduction`` is "mean" only. ``validate``: label-range and
     NaN/Inf checks, "first" (default): raise with the details on the first call, then only an asynchronous
     device-side check on CUDA (no host sync per step); ``True`` every call (one host read each), ``"async"``,
@@ -44,9 +46,10 @@ class DiceCELoss(nn.Module):
         super().__init__()
         if sigmoid == softmax:
             raise ValueError(f"exactly one of sigmoid / softmax must be True, got sigmoid={sigmoid}, softmax={softmax}")
-        if not to_onehot_y:
-            raise ValueError("to_onehot_y=False (one-hot / soft targets) is not supported: pass integer labels "
-                             "with to_onehot_y=True")
+        if not to_onehot_y and not sigmoid:
+            raise ValueError("to_onehot_y=False (one-hot / soft targets) is not supported with softmax: pass "
+                             "integer labels with to_onehot_y=True")
+        self.to_onehot_y = to_onehot_y
         if lambda_dice < 0 or lambda_ce < 0:
             raise ValueError(f"lambda_dice and lambda_ce must be >= 0, got {lambda_dice}, {lambda_ce}")
         self.validate = check_validate(validate, module=True)
@@ -58,7 +61,29 @@ class DiceCELoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         validate, self._validated = next_validate(self.validate, self._validated)
+        input, target = as_label_problem(input, target, check=validate is True)
+        if not self.to_onehot_y and input.shape[1] != 1:
+            raise ValueError(f"to_onehot_y=False needs a single sigmoid channel (a 0/1 target), got input of shape "
+                             f"{tuple(input.shape)}; one-hot / soft targets are not supported yet")
         return multi_logit_dice_ce([input], target, self._one.to(input.device), validate=validate, **self.kw)
+
+
+def as_label_problem(input: torch.Tensor, target: torch.Tensor, check: bool = True):
+    """MONAI's input forms as the kernels' form: a 1-D ``(B, C, N)`` input (and its ``(B, 1, N)`` / ``(B, N)``
+    target) becomes ``(B, C, 1, N)``; a float target holding integer labels becomes int64 (``check``: a
+    non-integer or non-finite value raises ``ValueError``, one host read)."""
+    if isinstance(input, torch.Tensor) and input.dim() == 3:
+        input = input.unsqueeze(2)
+        if isinstance(target, torch.Tensor) and target.dim() in (2, 3):
+            target = target.unsqueeze(-2)
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        if check:
+            bad = int((~torch.isfinite(target) | (target != torch.round(target))).sum())
+            if bad:
+                raise ValueError(f"target is a float tensor with {bad} values that are not integer labels; give "
+                                 "integer labels (one-hot / soft targets are not supported yet)")
+        target = target.long()
+    return input, target
 
 
 class BCEDiceLoss(DiceCELoss):

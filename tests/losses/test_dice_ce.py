@@ -109,3 +109,43 @@ def test_constructor_errors():
         DiceCELoss(sigmoid=True, softmax=True)
     with pytest.raises(ValueError, match="to_onehot_y=False"):
         DiceCELoss(to_onehot_y=False)
+    with pytest.raises(ValueError, match="to_onehot_y=False needs a single sigmoid channel"):
+        DiceCELoss(to_onehot_y=False, sigmoid=True, softmax=False)(torch.randn(1, 2, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="4 values that are not integer labels"):
+        DiceCELoss()(torch.randn(1, 2, 4, 4), torch.tensor([0.0, 1.0, 0.5, 1.0]).repeat(1, 1, 4, 1))
+
+
+# MONAI's own DiceLoss / DiceCELoss test cases (Project-MONAI/MONAI tests/losses/test_dice_loss.py, Apache-2.0)
+# whose options segfuse has: 1-D (B, C, N) inputs and float 0/1 or integer-valued targets; the Dice-only ones
+# run with lambda_ce=0. (options, input, target, MONAI's expected value)
+MONAI_DICE_CASES = {
+    "sigmoid-1ch-smooth-1e-6": (dict(include_background=True, sigmoid=True, smooth_nr=1e-6, smooth_dr=1e-6),
+                                [[[[1.0, -1.0], [-1.0, 1.0]]]], [[[[1.0, 0.0], [1.0, 1.0]]]], 0.307576),
+    "sigmoid-1ch-batch-of-2": (dict(include_background=True, sigmoid=True, smooth_nr=1e-4, smooth_dr=1e-4),
+                               [[[[1.0, -1.0], [-1.0, 1.0]]], [[[1.0, -1.0], [-1.0, 1.0]]]],
+                               [[[[1.0, 1.0], [1.0, 1.0]]], [[[1.0, 0.0], [1.0, 0.0]]]], 0.416657),
+    "1d-onehot-sigmoid": (dict(include_background=True, to_onehot_y=True, sigmoid=True, smooth_nr=1e-4,
+                               smooth_dr=1e-4),
+                          [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]],
+                          [[[1.0, 0.0, 0.0]], [[1.0, 1.0, 0.0]]], 0.435050),
+    "1d-onehot-softmax": (dict(include_background=True, to_onehot_y=True, softmax=True, smooth_nr=1e-4,
+                               smooth_dr=1e-4),
+                          [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]],
+                          [[[1.0, 0.0, 0.0]], [[1.0, 1.0, 0.0]]], 0.383713),
+    "sigmoid-1ch-squared": (dict(include_background=True, sigmoid=True, squared_pred=True),
+                            [[[[1.0, -1.0], [-1.0, 1.0]]]], [[[[1.0, 0.0], [1.0, 1.0]]]], 0.178337),
+}
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("case", list(MONAI_DICE_CASES))
+def test_monai_dice_loss_cases(case, backend):
+    opts, x, y, want = MONAI_DICE_CASES[case]
+    opts = dict(opts)
+    sigmoid = opts.pop("sigmoid", False)
+    opts.pop("softmax", None)
+    opts.setdefault("to_onehot_y", False)
+    with force_backend(backend):
+        got = DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, lambda_ce=0.0, **opts)(torch.tensor(x),
+                                                                                     torch.tensor(y))
+    assert abs(got.item() - want) < 1e-4 * max(1.0, abs(want)), (got.item(), want)
