@@ -9,8 +9,12 @@ Two ways in:
   ``"val"``: the validation cases/slices used during training; ``"auto"``: test when the dataset has
   ``labelsTs``), writing NIfTI predictions to ``RUN/eval_<split>/``, then compare.
 
-Writes ``metrics.csv`` (one row per case and class) and ``summary.csv`` next to the predictions (or to
-``out``). Conventions: see :mod:`segfuse.metrics`.
+Every prediction is written and scored in its input image's own grid, with its affine and header: the
+network's probabilities are resampled back from the run's grid (``--spacing``) before the argmax, as
+``segfuse predict`` does. For a 2D run's ``slices`` split, the whole volume is predicted (and written) and
+the input slices whose nearest slice of the run's grid was held out in training are scored. Voxels of the
+dataset's ignore label are scored for no class. Writes ``metrics.csv`` (one row per case and class) and
+``summary.csv`` next to the predictions (or to ``out``). Conventions: see :mod:`segfuse.metrics`.
 """
 from __future__ import annotations
 
@@ -40,13 +44,15 @@ class EvaluationResult:
 
 def evaluate_arrays(cases: List[tuple], num_classes: int, class_names: Optional[List[str]] = None,
                     include_hd95: bool = True) -> List[Dict]:
-    """``cases``: (case_id, pred ``[*S]``, label ``[*S]``, spacing). Returns rows
-    ``{case, class, name, dice, hd95}``."""
+    """``cases``: (case_id, pred ``[*S]``, label ``[*S]``, spacing[, mask ``[*S]`` of the voxels to score or
+    None]). Returns rows ``{case, class, name, dice, hd95}``."""
     from segfuse.metrics import per_class_metrics
     names = class_names or [str(c) for c in range(num_classes)]
     rows = []
-    for cid, pred, lab, spacing in cases:
-        m = per_class_metrics(pred, lab, num_classes, spacing, include_hd95)
+    for case in cases:
+        cid, pred, lab, spacing = case[:4]
+        mask = case[4] if len(case) > 4 else None
+        m = per_class_metrics(pred, lab, num_classes, spacing, include_hd95, mask)
         for c, vals in m.items():
             rows.append({"case": cid, "class": c, "name": names[c], **vals})
     return rows
@@ -118,13 +124,17 @@ def load_folder_pairs(pred_dir: str, label_dir: str) -> List[tuple]:
 
 def predict_held_out(run, split: str = "auto", checkpoint: str = "last", tta: bool = False,
                      device: str = "cpu") -> Tuple[List[tuple], str, Dict[str, np.ndarray]]:
-    """Predict a run's held-out data into ``RUN/eval_<split>/``; returns ((case_id, pred, label, spacing)
-    list, that folder, ``{case_id: image}`` (the preprocessed-input-space images, for the overlays)). ``split``: ``"test"`` (``imagesTs`` + ``labelsTs``), ``"val"`` (the validation split
-    of training) or ``"auto"`` (test when the dataset has ``labelsTs``)."""
+    """Predict a run's held-out data into ``RUN/eval_<split>/``, each case in its input image's grid, affine and
+    header. ``split``: ``"test"`` (``imagesTs`` + ``labelsTs``), ``"val"`` (the validation split of training) or
+    ``"auto"`` (test when the dataset has ``labelsTs``).
+
+    Returns ((case_id, pred, label, spacing, mask) list, that folder, ``{case_id: image}``), all in the input
+    grid: ``mask`` holds the voxels to score (not the ignore label; for a ``slices`` split, the input slices
+    nearest to the held-out slices) or is None; the images (raw, ``[C, X, Y, Z]``) are for the overlays."""
     from segfuse.data.errors import MissingFileError
     from segfuse.data.nnunet import save_nifti
-    from segfuse.inference import predict_volume
-    from segfuse.prediction import predict_case
+    from segfuse.metrics import scored_mask
+    from segfuse.prediction import probabilities_in_input_grid
     if split not in ("auto", "test", "val"):
         raise ValueError(f"split must be auto, test or val, got {split!r}")
     model = run.load_model(checkpoint, device)
@@ -133,44 +143,49 @@ def predict_held_out(run, split: str = "auto", checkpoint: str = "last", tta: bo
         split = "test" if ds.case_ids("Ts") and ds.label_file(ds.case_ids("Ts")[0], "Ts") else "val"
     out_dir = os.path.join(run.folder, f"eval_{split}")
     os.makedirs(out_dir, exist_ok=True)
+    pre, ignore = run.preprocess(), run.ignore_label
     cases, images = [], {}
+
+    def add(case, image, region=None):
+        probs = probabilities_in_input_grid(run, model, image, case.image.shape[1:], tta=tta, device=device)
+        pred = probs.argmax(0).astype(np.uint8)
+        save_nifti(os.path.join(out_dir, case.case_id + ".nii.gz"), pred, case.affine, case.header, np.uint8)
+        cases.append((case.case_id, pred, case.label, case.spacing, scored_mask(case.label, ignore, region)))
+        images[case.case_id] = case.image
+
     if split == "test":
         ids = ds.case_ids("Ts")
         if not ids:
             raise MissingFileError(f"split test: {ds.root}/imagesTs holds no cases")
         for cid in ids:
-            lf = ds.label_file(cid, "Ts")
-            if lf is None:
+            if ds.label_file(cid, "Ts") is None:
                 raise MissingFileError(f"case {cid!r}: split test needs labelsTs/{cid}{ds.file_ending}")
-            pred, case = predict_case(run, model, ds.image_files(cid, "Ts"), cid, tta=tta, device=device)
-            lab = ds.load_case(cid, "Ts").label
-            save_nifti(os.path.join(out_dir, cid + ".nii.gz"), pred, case.affine, case.header, np.uint8)
-            cases.append((cid, pred, lab, case.spacing))
-            images[cid] = case.image
+            case = ds.load_case(cid, "Ts")
+            add(case, pre(case.image, None, case.spacing)[0])
     else:
-        for v in run.validation_volumes():
-            probs = predict_volume(model, v.image, run.dims, run.patch_size, run.num_classes, tta=tta, device=device)
-            pred = probs.argmax(0).astype(np.uint8)
-            save_nifti(os.path.join(out_dir, v.case_id + ".nii.gz"), pred, np.diag(list(v.spacing) + [1.0]))
-            cases.append((v.case_id, pred, v.label, v.spacing))
-            images[v.case_id] = v.image
+        for held in run.validation_cases():
+            add(held.case, held.image, held.scored())
     return cases, out_dir, images
 
 
-def _label_names(label_dir: str) -> Optional[List[str]]:
-    """Class names from the ``dataset.json`` beside ``label_dir``, ordered by label value (None without one)."""
+def _label_info(label_dir: str) -> Tuple[Optional[List[str]], Optional[int]]:
+    """(class names ordered by value, ignore label) from the ``dataset.json`` beside ``label_dir`` ((None, None)
+    without one); "ignore" is not a class."""
     meta = os.path.join(os.path.dirname(os.path.abspath(label_dir)), "dataset.json")
     if not os.path.isfile(meta):
-        return None
+        return None, None
     with open(meta) as f:
         labels = json.load(f).get("labels", {})
-    return [n for n, _ in sorted(labels.items(), key=lambda kv: kv[1])]
+    ignore = labels.get("ignore")
+    ignore = ignore if isinstance(ignore, int) and not isinstance(ignore, bool) else None
+    return [n for n, _ in sorted(((n, v) for n, v in labels.items() if n != "ignore"), key=lambda kv: kv[1])], ignore
 
 
 def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = None, split: str = "auto",
              checkpoint: str = "last", tta: bool = False, num_classes: Optional[int] = None, hd95: bool = True,
              out: Optional[str] = None, device: str = "auto", overlays: bool = True) -> EvaluationResult:
-    """Per-case, per-class Dice (and HD95) of predictions against labels; writes ``metrics.csv``,
+    """Per-case, per-class Dice (and HD95) of predictions against labels, in the labels' grid (voxels of the
+    ignore label scored for no class); writes ``metrics.csv``,
     ``summary.csv`` and (``overlays``) one PNG per case in ``overlays/`` (:mod:`segfuse.overlays`: a few
     representative slices, the image with ground-truth (solid) and prediction (dashed) contours in per-class
     colours from ``dataset.json``; contours on grey with ``pred``/``labels``, which have no images).
@@ -196,16 +211,18 @@ def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = No
         from segfuse.prediction import resolve_device
         run = as_run(run)
         cases, pred_dir, images = predict_held_out(run, split, checkpoint, tta, resolve_device(device))
-        k, names, predictions = run.num_classes, run.class_names, pred_dir
+        k, names, predictions, ignore = run.num_classes, run.class_names, pred_dir, run.ignore_label
         meta = os.path.join(run.dataset().root, "dataset.json")
     else:
         if not (pred and labels):
             raise ValueError("give pred and labels (or a run)")
-        cases = load_folder_pairs(os.fspath(pred), os.fspath(labels))
+        from segfuse.metrics import scored_mask
+        names, ignore = _label_info(os.fspath(labels))
+        cases = [(cid, p, lab, sp, scored_mask(lab, ignore))
+                 for cid, p, lab, sp in load_folder_pairs(os.fspath(pred), os.fspath(labels))]
         pred_dir, predictions, images = os.fspath(pred), None, None
         meta = os.path.join(os.path.dirname(os.path.abspath(labels)), "dataset.json")
-        names = _label_names(os.fspath(labels))
-        k = num_classes or (len(names) if names else int(max(max(p.max(), l.max()) for _, p, l, _ in cases)) + 1)
+        k = num_classes or (len(names) if names else int(max(max(c[1].max(), c[2].max()) for c in cases)) + 1)
         names = names if names and len(names) == k else [str(c) for c in range(k)]
     out_dir = os.fspath(out) if out else pred_dir
     rows = evaluate_arrays(cases, k, names, include_hd95=hd95)
@@ -215,5 +232,6 @@ def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = No
     if overlays:
         from segfuse.overlays import read_dataset_classes, write_evaluation_overlays
         colors = read_dataset_classes(meta)[1] if os.path.isfile(meta) else None
-        write_evaluation_overlays(cases, out_dir, images=images, class_names=names, class_colors=colors)
+        write_evaluation_overlays(cases, out_dir, images=images, class_names=names, class_colors=colors,
+                                  ignore_label=ignore)
     return EvaluationResult(rows, summary, out_dir, predictions)

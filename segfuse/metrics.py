@@ -8,6 +8,11 @@ Conventions (per class c, computed on one case):
   and gt-surface -> pred-surface, medpy's ``hd95`` convention), distances via scipy's Euclidean
   distance transform with ``sampling=spacing``. Both empty -> NaN. Exactly one empty -> the image
   diagonal in mm (the largest possible distance; BraTS-style penalty instead of an infinite value).
+* ``mask`` (optional, every function): the voxels to score. A voxel outside it (nnU-Net's ignore label in
+  the reference, or a part of the volume that is not held out) is neither foreground nor background for
+  any class, in prediction and reference alike: it is left out of every count, and it makes no surface
+  (a voxel is on a mask's surface only where a scored neighbour is outside the mask); distances are still
+  measured in the whole grid.
 """
 from __future__ import annotations
 
@@ -17,27 +22,41 @@ import numpy as np
 from scipy import ndimage
 
 
-def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean masks of the same shape (NaN if both empty)."""
-    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
+def _scored(p: np.ndarray, g: np.ndarray, mask) -> tuple:
+    """``(p, g, mask)`` with voxels outside ``mask`` dropped from both masks (mask None: all scored)."""
     if p.shape != g.shape:
         raise ValueError(f"pred shape {p.shape} != gt shape {g.shape}")
+    if mask is None:
+        return p, g, None
+    m = np.asarray(mask, bool)
+    if m.shape != p.shape:
+        raise ValueError(f"mask shape {m.shape} != pred shape {p.shape}")
+    return p & m, g & m, m
+
+
+def dice_score(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
+    """Dice of two boolean masks of the same shape (NaN if both empty), over the voxels of ``mask``
+    (default all)."""
+    p, g, _ = _scored(np.asarray(pred, bool), np.asarray(gt, bool), mask)
     denom = int(p.sum()) + int(g.sum())
     if denom == 0:
         return float("nan")
     return 2.0 * int(np.logical_and(p, g).sum()) / denom
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1),
+def _surface(mask: np.ndarray, unscored: Optional[np.ndarray] = None) -> np.ndarray:
+    """Voxels of ``mask`` with a 6-/4-connected neighbour outside it (the image border counts as outside);
+    ``unscored`` voxels count as inside, so they make no surface."""
+    grown = mask if unscored is None else mask | unscored
+    return mask & ~ndimage.binary_erosion(grown, structure=ndimage.generate_binary_structure(mask.ndim, 1),
                                           border_value=0)
 
 
-def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = None) -> float:
-    """95th-percentile symmetric Hausdorff distance (mm) of two boolean masks; see module docstring."""
-    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
-    if p.shape != g.shape:
-        raise ValueError(f"pred shape {p.shape} != gt shape {g.shape}")
+def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = None,
+         mask: Optional[np.ndarray] = None) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm) of two boolean masks over the voxels of ``mask``
+    (default all); see module docstring."""
+    p, g, m = _scored(np.asarray(pred, bool), np.asarray(gt, bool), mask)
     spacing = tuple(float(s) for s in (spacing or (1.0,) * p.ndim))
     if len(spacing) != p.ndim:
         raise ValueError(f"spacing {spacing} does not match {p.ndim} dims")
@@ -51,7 +70,10 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = 
     hi = np.minimum(idx.max(0) + 2, p.shape)
     sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     p, g = p[sl], g[sl]
-    sp, sg = _surface(p), _surface(g)
+    unscored = None if m is None else ~m[sl]
+    sp, sg = _surface(p, unscored), _surface(g, unscored)
+    # a mask wholly enclosed by unscored voxels has no scored border: fall back to its plain surface
+    sp, sg = (sp if sp.any() else _surface(p)), (sg if sg.any() else _surface(g))
     d_to_g = ndimage.distance_transform_edt(~sg, sampling=spacing)
     d_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
     dists = np.concatenate([d_to_g[sp], d_to_p[sg]])
@@ -59,18 +81,31 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = 
 
 
 def per_class_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int,
-                      spacing: Optional[Sequence[float]] = None, include_hd95: bool = True
-                      ) -> Dict[int, Dict[str, float]]:
-    """``{class: {"dice": ..., "hd95": ...}}`` for classes 1..num_classes-1 of integer maps ``[*S]``."""
+                      spacing: Optional[Sequence[float]] = None, include_hd95: bool = True,
+                      mask: Optional[np.ndarray] = None) -> Dict[int, Dict[str, float]]:
+    """``{class: {"dice": ..., "hd95": ...}}`` for classes 1..num_classes-1 of integer maps ``[*S]``, over the
+    voxels of ``mask`` (default all; e.g. ``gt != ignore_label``)."""
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} != label shape {gt.shape}")
+    if mask is not None and np.shape(mask) != pred.shape:
+        raise ValueError(f"mask shape {np.shape(mask)} != label shape {gt.shape}")
     out = {}
     for c in range(1, num_classes):
         p, g = pred == c, gt == c
-        out[c] = {"dice": dice_score(p, g)}
+        out[c] = {"dice": dice_score(p, g, mask)}
         if include_hd95:
-            out[c]["hd95"] = hd95(p, g, spacing)
+            out[c]["hd95"] = hd95(p, g, spacing, mask)
     return out
+
+
+def scored_mask(label: np.ndarray, ignore_label: Optional[int] = None,
+                region: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """The voxels to score in a reference ``label``: not ``ignore_label``, and inside ``region`` when given
+    (None when every voxel counts)."""
+    mask = None if ignore_label is None else np.asarray(label) != ignore_label
+    if region is not None:
+        mask = np.asarray(region, bool) if mask is None else mask & region
+    return mask
 
 
 def nanmean(values) -> float:

@@ -29,6 +29,7 @@ _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#dbdb8d", "#9edae5"]
 
 Names = Union[Sequence[str], Mapping[int, str], None]
+IGNORE_COLOR = "#d0d0d0"   # the ignore label's region: light grey, dotted
 
 
 def class_color(value: int, class_colors: Optional[Mapping] = None):
@@ -109,11 +110,14 @@ def write_case_overlays(image: Optional[np.ndarray], label: Optional[np.ndarray]
 def case_overlay_figure(image: Optional[np.ndarray], label: Optional[np.ndarray], prediction: Optional[np.ndarray], *,
                         case_id: Optional[str] = None, class_names: Names = None,
                         class_colors: Optional[Mapping] = None, num_slices: int = 3, axis: Optional[int] = None,
-                        spacing: Optional[Sequence[float]] = None, channel: int = 0, layout: str = "xyz"):
+                        spacing: Optional[Sequence[float]] = None, channel: int = 0, layout: str = "xyz",
+                        mask: Optional[np.ndarray] = None, ignore_label: Optional[int] = None):
     """The overlay as a matplotlib Figure (one panel per chosen slice, each titled with its slice
     index and per-class Dice). ``label`` or ``prediction`` may be None (not drawn), not both.
     ``class_names``: list indexed by label value or ``{value: name}``; ``class_colors``:
-    ``{value: colour}``; ``num_slices``/``axis``: see :func:`choose_slices`."""
+    ``{value: colour}``; ``num_slices``/``axis``: see :func:`choose_slices`. ``mask``: the voxels that are
+    scored (e.g. the held-out slices; slices are chosen and Dice computed there); ``ignore_label``: a label
+    value that is not a class (drawn as a grey dotted contour, "ignore (not scored)", and not scored)."""
     from matplotlib.figure import Figure   # no pyplot: no global backend or figure state touched
     from matplotlib.lines import Line2D
 
@@ -127,7 +131,7 @@ def case_overlay_figure(image: Optional[np.ndarray], label: Optional[np.ndarray]
         raise ValueError(f"layout must be 'xyz' or 'dhw', got {layout!r}")
     if ref.ndim == 2:   # one slice: a trailing (xyz) or leading (dhw) axis of size 1
         expand = (lambda a: a[..., None]) if layout == "xyz" else (lambda a: a[None])
-        label, prediction = [None if a is None else expand(np.asarray(a)) for a in (label, prediction)]
+        label, prediction, mask = [None if a is None else expand(np.asarray(a)) for a in (label, prediction, mask)]
         if image is not None:
             image = np.asarray(image)
             image = image[channel] if image.ndim == 3 else image
@@ -145,12 +149,23 @@ def case_overlay_figure(image: Optional[np.ndarray], label: Optional[np.ndarray]
     # imshow aspect = height of one row / width of one column, in mm
     aspect = sp[in_plane[1]] / sp[in_plane[0]] if layout == "xyz" else sp[in_plane[0]] / sp[in_plane[1]]
     names = dict(enumerate(class_names)) if isinstance(class_names, (list, tuple)) else dict(class_names or {})
+    scored = None if mask is None else np.asarray(mask, bool)
+    if scored is not None and scored.shape != ref.shape:
+        raise ValueError(f"mask shape {scored.shape} != label shape {ref.shape}")
+    ignored = None
+    if ignore_label is not None and label is not None:
+        ignored = np.asarray(label) == ignore_label
+        scored = ~ignored if scored is None else scored & ~ignored
     present = set()
     for a in (label, prediction):
         if a is not None:
-            present |= {int(v) for v in np.unique(a) if v > 0}
+            present |= {int(v) for v in np.unique(a) if v > 0 and v != ignore_label}
     classes = sorted(present)
-    slices = choose_slices(label if label is not None else np.zeros(ref.shape, bool), prediction, num_slices, axis)
+
+    def in_scored(a):   # what slice choice looks at: the scored voxels only
+        return a if a is None or scored is None else np.where(scored, a, 0)
+    slices = choose_slices(in_scored(label) if label is not None else np.zeros(ref.shape, bool),
+                           in_scored(prediction), num_slices, axis)
     lo, hi = _window(image) if image is not None else (0.0, 1.0)
 
     def cut(a, k):
@@ -161,8 +176,9 @@ def case_overlay_figure(image: Optional[np.ndarray], label: Optional[np.ndarray]
         if label is None or prediction is None:
             return ""
         gt, pr = cut(label, k), cut(prediction, k)
-        return ",  ".join(f"{names.get(c, c)} {dice_score(pr == c, gt == c):.2f}" for c in classes
-                          if (gt == c).any() or (pr == c).any())
+        m = np.ones(gt.shape, bool) if scored is None else cut(scored, k)
+        return ",  ".join(f"{names.get(c, c)} {dice_score(pr == c, gt == c, m):.2f}" for c in classes
+                          if ((gt == c) & m).any() or ((pr == c) & m).any())
 
     rows, cols = cut(ref, 0).shape
     n, panel_w = len(slices), 3.6
@@ -180,6 +196,8 @@ def case_overlay_figure(image: Optional[np.ndarray], label: Optional[np.ndarray]
                if a is not None]
     handles += [Line2D([], [], color=class_color(c, class_colors), lw=3, label=str(names.get(c, c)))
                 for c in classes]
+    if ignored is not None and ignored.any():
+        handles.append(Line2D([], [], color=IGNORE_COLOR, lw=1.4, ls="dotted", label="ignore (not scored)"))
     fig_w = panel_w * n + 0.4
     ncol = min(len(handles), max(2, int(fig_w * 0.75)))
     panel_h = float(np.clip(panel_w * rows * aspect / cols, 1.6, 6.0))
@@ -200,6 +218,9 @@ def case_overlay_figure(image: Optional[np.ndarray], label: Optional[np.ndarray]
                 if m is not None and m.any():
                     ax.contour(m.astype(np.float32), levels=[0.5], colors=[class_color(c, class_colors)],
                                linewidths=1.6, linestyles=style)
+        if ignored is not None and cut(ignored, k).any():
+            ax.contour(cut(ignored, k).astype(np.float32), levels=[0.5], colors=[IGNORE_COLOR], linewidths=1.4,
+                       linestyles="dotted")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=8)
@@ -212,15 +233,18 @@ def case_overlay_figure(image: Optional[np.ndarray], label: Optional[np.ndarray]
 
 def write_evaluation_overlays(cases: Sequence[tuple], out_dir: str, *, images: Optional[Mapping] = None,
                               class_names: Names = None, class_colors: Optional[Mapping] = None,
-                              num_slices: int = 3, max_cases: Optional[int] = None) -> List[str]:
-    """For ``segfuse evaluate``: ``cases`` as it builds them, ``(case_id, pred, label, spacing)``
-    (arrays ``(X, Y[, Z])``); ``images``: optional ``{case_id: image (X, Y[, Z]) or (C, X, Y[, Z])}``.
-    Writes ``<out_dir>/overlays/<case_id>.png`` for the first ``max_cases`` cases (all if None);
-    returns the paths."""
+                              num_slices: int = 3, max_cases: Optional[int] = None,
+                              ignore_label: Optional[int] = None) -> List[str]:
+    """For ``segfuse evaluate``: ``cases`` as it builds them, ``(case_id, pred, label, spacing[, mask])``
+    (arrays ``(X, Y[, Z])``; ``mask``: the scored voxels or None); ``images``: optional
+    ``{case_id: image (X, Y[, Z]) or (C, X, Y[, Z])}``. Writes ``<out_dir>/overlays/<case_id>.png`` for the
+    first ``max_cases`` cases (all if None); returns the paths."""
     paths = []
-    for cid, pred, lab, spacing in list(cases)[:max_cases]:
+    for case in list(cases)[:max_cases]:
+        cid, pred, lab, spacing = case[:4]
         paths += write_case_overlays((images or {}).get(cid), lab, pred,
                                      os.path.join(out_dir, "overlays", f"{cid}.png"), case_id=cid,
                                      class_names=class_names, class_colors=class_colors,
-                                     num_slices=num_slices, spacing=spacing)
+                                     num_slices=num_slices, spacing=spacing,
+                                     mask=case[4] if len(case) > 4 else None, ignore_label=ignore_label)
     return paths

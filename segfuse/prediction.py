@@ -75,19 +75,29 @@ def find_cases(folder: str, num_channels: int, file_ending: str = ".nii.gz") -> 
     return out
 
 
+def probabilities_in_input_grid(run, model, image: np.ndarray, input_shape, overlap: float = 0.5, tta: bool = False,
+                                batch_size: int = 8, device="cpu") -> np.ndarray:
+    """Softmax probabilities ``[K, *input_shape]`` of a preprocessed ``image [C, *S']`` (``run.preprocess()``'s
+    output): predicted on the run's grid, then resampled back (linear, per class) to the input grid when the
+    run resamples (``--spacing``), as nnU-Net does before the argmax."""
+    from segfuse.data.preprocess import resize
+    from segfuse.inference import predict_volume
+    probs = predict_volume(model, image, run.dims, run.patch_size, run.num_classes, overlap=overlap,
+                           tta=tta, batch_size=batch_size, device=device)
+    input_shape = tuple(int(n) for n in input_shape)
+    if probs.shape[1:] != input_shape:   # resampled: back to the original grid
+        probs = np.stack([resize(p, input_shape, order=1) for p in probs])
+    return probs
+
+
 def predict_case(run, model, files: List[str], case_id: str, overlap: float = 0.5, tta: bool = False,
                  batch_size: int = 8, device="cpu"):
     """Predict one case with ``model`` (from ``run.load_model``). Returns (label map ``[X, Y, Z]`` uint8 in
     the input grid, the :class:`segfuse.data.Case`)."""
     from segfuse.data.nnunet import load_case_files
-    from segfuse.data.preprocess import resize
-    from segfuse.inference import predict_volume
     case = load_case_files(case_id, files, None)
     image, _, _ = run.preprocess()(case.image, None, case.spacing)
-    probs = predict_volume(model, image, run.dims, run.patch_size, run.num_classes, overlap=overlap,
-                           tta=tta, batch_size=batch_size, device=device)
-    if probs.shape[1:] != case.image.shape[1:]:   # resampled: back to the original grid
-        probs = np.stack([resize(p, case.image.shape[1:], order=1) for p in probs])
+    probs = probabilities_in_input_grid(run, model, image, case.image.shape[1:], overlap, tta, batch_size, device)
     return probs.argmax(0).astype(np.uint8), case
 
 

@@ -8,6 +8,13 @@ Layout::
     DIR/labelsTr/CASE.nii.gz        integer label map, same shape and affine as the images
     DIR/imagesTs/CASE_0000.nii.gz   optional test images (labelsTs/ optional, not part of nnU-Net)
 
+As in nnU-Net v2, ``labels`` may hold an ``"ignore"`` entry: the largest label value, one above the classes
+``0..K-1``; its voxels are neither foreground nor background (no loss, no metric) and it is not a class
+(:attr:`NnUNetDataset.ignore_label`). ``dataset.json`` may list the training cases itself,
+``"dataset": {"CASE": {"images": ["imagesTr/CASE_0000.nii.gz", ...], "label": "labelsTr/CASE.nii.gz"}}``
+(paths relative to ``DIR`` or absolute, ``$VARS`` expanded, as nnU-Net's
+``get_filenames_of_train_images_and_targets``); then ``imagesTr/``/``labelsTr/`` are not read.
+
 Arrays keep the NIfTI voxel order: image ``[C, X, Y, Z]`` float32, label ``[X, Y, Z]`` int16.
 Every problem (missing channel, shape or affine mismatch, unknown label value, NaN/Inf, a file that
 cannot be read) raises an error naming the case and the file; nothing is skipped silently. Label values
@@ -19,7 +26,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -35,6 +42,8 @@ _META_TYPES = {
     "labels": (dict, "an object", '{"background": 0, "liver": 1}'),
     "file_ending": (str, "a string", '".nii.gz"'),
     "numTraining": (int, "an integer", "10"),
+    "dataset": (dict, "an object", '{"case1": {"images": ["imagesTr/case1_0000.nii.gz"], '
+                                   '"label": "labelsTr/case1.nii.gz"}}'),
 }
 
 
@@ -85,11 +94,12 @@ class NnUNetDataset:
     """A dataset folder in the nnU-Net v2 raw layout.
 
     Args:
-        root: folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
+        root: folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/`` (or a ``"dataset"`` key).
     Raises:
         MissingFileError (a FileNotFoundError): folder, dataset.json or imagesTr/labelsTr missing.
         DataError (a ValueError): dataset.json not valid JSON, without channel_names/labels, a key
-            of the wrong type (named with the expected type and the file), or region-based labels.
+            of the wrong type (named with the expected type and the file), region-based labels, label
+            values not 0..K-1, an ``"ignore"`` label that is not K, or a malformed ``"dataset"`` entry.
     """
 
     def __init__(self, root: str):
@@ -105,35 +115,62 @@ class NnUNetDataset:
                                           for k in sorted(meta["channel_names"], key=int)]
         labels = meta["labels"]
         for name, value in labels.items():
-            if not isinstance(value, int):
+            if not isinstance(value, int) or isinstance(value, bool):
+                if name == "ignore":
+                    raise DataError(f"{meta_path}: label 'ignore' has value {value!r}; the ignore label must be "
+                                    "one integer (the largest label value)")
                 raise DataError(f"{meta_path}: label {name!r} has value {value!r}; region-based "
                                  "(list) labels are not supported, give one integer per class")
-        self.labels: Dict[str, int] = dict(sorted(labels.items(), key=lambda kv: kv[1]))
+        ignore = labels.get("ignore")
+        classes = {n: v for n, v in labels.items() if n != "ignore"}
+        self.labels: Dict[str, int] = dict(sorted(classes.items(), key=lambda kv: kv[1]))
         values = sorted(self.labels.values())
         if values != list(range(len(values))):
-            raise DataError(f"{meta_path}: label values must be 0..K-1, got {values}")
+            raise DataError(f"{meta_path}: label values must be 0..K-1, got {values}"
+                            + (" (besides 'ignore')" if ignore is not None else ""))
+        if ignore is not None and ignore != len(values):
+            raise DataError(f"{meta_path}: label 'ignore' must be the largest label value, {len(values)} (one "
+                            f"above the classes 0..{len(values) - 1}), got {ignore}")
+        #: value of the ``"ignore"`` label (voxels excluded from loss, sampling and metrics), or None
+        self.ignore_label: Optional[int] = ignore
         self.file_ending: str = meta.get("file_ending", ".nii.gz")
-        for sub in ("imagesTr", "labelsTr"):
-            if not os.path.isdir(os.path.join(self.root, sub)):
-                raise MissingFileError(f"{os.path.join(self.root, sub)} not found")
+        self.meta_path = meta_path
+        #: ``{case_id: ([image files], label file)}`` from the ``"dataset"`` key, else None (imagesTr/labelsTr)
+        self.listed_cases: Optional[Dict[str, Tuple[List[str], str]]] = None
+        if "dataset" in meta:
+            self.listed_cases = _read_dataset_key(meta["dataset"], meta_path, self.root, len(self.channel_names))
+        else:
+            for sub in ("imagesTr", "labelsTr"):
+                if not os.path.isdir(os.path.join(self.root, sub)):
+                    raise MissingFileError(f"{os.path.join(self.root, sub)} not found (and {meta_path} has no "
+                                           "'dataset' key listing the cases)")
 
     @property
     def num_classes(self) -> int:
-        """Number of classes including background."""
+        """Number of classes including background (the ignore label is not a class)."""
         return len(self.labels)
 
     @property
     def class_names(self) -> List[str]:
+        """Class names by value, background first (without "ignore")."""
         return list(self.labels)
+
+    @property
+    def label_values(self) -> set:
+        """Every value a label file may hold: the classes and the ignore label."""
+        return set(self.labels.values()) | ({self.ignore_label} if self.ignore_label is not None else set())
 
     def case_ids(self, split: str = "Tr") -> List[str]:
         """Sorted case ids of ``imagesTr`` (``split="Tr"``) or ``imagesTs`` (``"Ts"``).
 
-        Training cases are the files of ``labelsTr``; every one must have all its channel files.
+        Training cases are the files of ``labelsTr`` (or the keys of ``dataset.json``'s ``"dataset"``, sorted);
+        every one must have all its channel files.
         """
         if split not in ("Tr", "Ts"):
             raise ValueError(f"split must be 'Tr' or 'Ts', got {split!r}")
         end = self.file_ending
+        if split == "Tr" and self.listed_cases is not None:
+            return sorted(self.listed_cases)
         if split == "Tr":
             folder = os.path.join(self.root, "labelsTr")
             ids = sorted(f[: -len(end)] for f in os.listdir(folder) if f.endswith(end))
@@ -150,12 +187,24 @@ class NnUNetDataset:
             return []
         return sorted({f[: -len(end) - 5] for f in os.listdir(folder) if f.endswith(end)})
 
+    def _listed(self, case_id: str) -> Tuple[List[str], str]:
+        try:
+            return self.listed_cases[case_id]
+        except KeyError:
+            raise DataError(f"case {case_id!r} is not listed in the 'dataset' key of {self.meta_path}") from None
+
     def image_files(self, case_id: str, split: str = "Tr") -> List[str]:
+        if split == "Tr" and self.listed_cases is not None:
+            return list(self._listed(case_id)[0])
         folder = os.path.join(self.root, "images" + split)
         return [os.path.join(folder, f"{case_id}_{c:04d}{self.file_ending}")
                 for c in range(len(self.channel_names))]
 
     def label_file(self, case_id: str, split: str = "Tr") -> Optional[str]:
+        """The label file of a case, None if there is none (a listed case's declared file in any case: loading
+        it names the file when it is missing)."""
+        if split == "Tr" and self.listed_cases is not None:
+            return self._listed(case_id)[1]
         path = os.path.join(self.root, "labels" + split, case_id + self.file_ending)
         return path if os.path.isfile(path) else None
 
@@ -163,8 +212,41 @@ class NnUNetDataset:
         """Load and validate one case; see :class:`Case` for shapes."""
         files = self.image_files(case_id, split)
         return load_case_files(case_id, files, self.label_file(case_id, split) if with_label else None,
-                               valid_labels=set(self.labels.values()),
+                               valid_labels=self.label_values,
                                require_label=with_label and split == "Tr")
+
+
+def _dataset_path(root: str, path: str) -> str:
+    """A path of the ``"dataset"`` key: ``$VARS`` expanded, relative to the dataset folder unless absolute."""
+    path = os.path.expandvars(path)
+    return path if os.path.isabs(path) else os.path.abspath(os.path.join(root, path))
+
+
+def _read_dataset_key(entries: dict, meta_path: str, root: str, num_channels: int
+                      ) -> Dict[str, Tuple[List[str], str]]:
+    """``{case_id: ([image file per channel], label file)}`` of ``dataset.json``'s ``"dataset"`` key; a malformed
+    entry is a :class:`DataError` naming the case, what was expected and the file (missing files are reported
+    when the case is loaded)."""
+    if not entries:
+        raise DataError(f"{meta_path}: key 'dataset' is empty; list the training cases or leave the key out "
+                        "(imagesTr/labelsTr are read then)")
+    out = {}
+    for cid, entry in entries.items():
+        if not cid or cid in (".", "..") or "/" in cid or os.sep in cid:
+            raise DataError(f"{meta_path}: 'dataset' has case id {cid!r}; a case id names the prediction file "
+                            "(CASE.nii.gz), so it must be a plain file name")
+        example = (f'{{"images": ["imagesTr/{cid}_0000.nii.gz"], "label": "labelsTr/{cid}.nii.gz"}}')
+        images = entry.get("images") if isinstance(entry, dict) else None
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if not (isinstance(images, list) and images and all(isinstance(f, str) for f in images)
+                and isinstance(label, str)):
+            raise DataError(f"{meta_path}: 'dataset' entry {cid!r} must be an object with a list of image files "
+                            f"and a label file (e.g. {example}), got {entry!r}")
+        if len(images) != num_channels:
+            raise DataError(f"{meta_path}: 'dataset' entry {cid!r} lists {len(images)} image file(s), but "
+                            f"channel_names has {num_channels} channel(s): one file per channel, in channel order")
+        out[cid] = ([_dataset_path(root, f) for f in images], _dataset_path(root, label))
+    return out
 
 
 def _load(path: str, case_id: str):

@@ -33,14 +33,25 @@ def slice_items(volumes: Sequence[Volume], slices: Optional[Dict[str, List[int]]
     return items
 
 
-def holdout_slices(volume: Volume, every: int = 5) -> Tuple[List[int], List[int]]:
+def foreground(label: np.ndarray, ignore_label: Optional[int] = None) -> np.ndarray:
+    """Boolean mask of the foreground voxels of ``label``: not background (0) and not the ignore label."""
+    fg = label != 0
+    if ignore_label is not None:
+        fg &= label != ignore_label
+    return fg
+
+
+def holdout_slices(volume: Volume, every: int = 5, ignore_label: Optional[int] = None
+                   ) -> Tuple[List[int], List[int]]:
     """Split the slices of one volume: every ``every``-th slice that holds foreground is held out.
 
-    Returns (train_slices, val_slices). Slices without foreground stay in training.
+    Returns (train_slices, val_slices). Slices without foreground (voxels of the ignore label are not
+    foreground) stay in training.
     """
     if every < 2:
         raise ValueError(f"every must be >= 2, got {every}")
-    fg = [z for z in range(volume.label.shape[-1]) if volume.label[..., z].any()]
+    fg_mask = foreground(volume.label, ignore_label)
+    fg = [z for z in range(volume.label.shape[-1]) if fg_mask[..., z].any()]
     val = fg[every // 2::every]
     held = set(val)
     return [z for z in range(volume.label.shape[-1]) if z not in held], val
@@ -51,17 +62,20 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Index ``i`` of epoch ``e`` is drawn from ``np.random.default_rng([seed, e, i])``, so a sample is
     the same whichever process or worker draws it (resume and DistributedSampler stay deterministic).
-    With probability ``fg_prob`` the patch is centred on a voxel of a random foreground class.
+    With probability ``fg_prob`` the patch is centred on a voxel of a random foreground class (never on a
+    voxel of ``ignore_label``, which is not a class).
 
     Args:
         items: list of (image ``[C, *S]``, label ``[*S]``) with ``len(S) == len(patch_size)``.
         patch_size: spatial patch size; images smaller than it are padded (image with its minimum,
             label with 0).
         length: samples per epoch.
+        ignore_label: label value whose voxels are not foreground (dataset.json's "ignore"), or None.
     """
 
     def __init__(self, items, patch_size: Sequence[int], length: int, seed: int = 0,
-                 fg_prob: float = 0.33, aug: Optional[AugmentConfig] = None, max_coords: int = 2000):
+                 fg_prob: float = 0.33, aug: Optional[AugmentConfig] = None, max_coords: int = 2000,
+                 ignore_label: Optional[int] = None):
         if not items:
             raise ValueError("PatchDataset needs at least one item")
         self.items = items
@@ -75,7 +89,7 @@ class PatchDataset(torch.utils.data.Dataset):
         coords: Dict[int, List[np.ndarray]] = {}
         for n, (_, lab) in enumerate(items):
             for c in np.unique(lab):
-                if c == 0:
+                if c == 0 or (ignore_label is not None and c == ignore_label):
                     continue
                 pts = np.argwhere(lab == c)
                 if len(pts) > max_coords:

@@ -1,7 +1,7 @@
 """A run folder written by ``segfuse train`` / :func:`segfuse.train`, opened as a :class:`Run`.
 
 The folder holds ``config.json`` (every training option plus what the data fixed: ``data_dir``,
-``num_classes``, ``class_names``, ``channel_names``, ``patch_size``, ``val_split_resolved``, ...),
+``num_classes``, ``class_names``, ``ignore_label``, ``channel_names``, ``patch_size``, ``val_split_resolved``, ...),
 ``last.pt`` and ``best.pt`` (checkpoints whose ``"model"`` entry is the model's state dict) and
 ``metrics.csv``. ``Run`` rebuilds from it what predict, evaluate and a notebook need: the model (with
 its weights), the preprocessing, the dataset and the validation split used in training.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 from segfuse.data.errors import DataError, MissingFileError
 
@@ -67,6 +67,12 @@ class Run:
     @property
     def class_names(self) -> List[str]:
         return list(self.config["class_names"])
+
+    @property
+    def ignore_label(self) -> Optional[int]:
+        """The dataset's ignore label (not a class; its voxels are not scored), None without one."""
+        value = self.config.get("ignore_label")
+        return None if value is None else int(value)
 
     @property
     def patch_size(self) -> List[int]:
@@ -123,7 +129,18 @@ class Run:
             raise ValueError(f"run {self.folder} was trained without a validation split")
         ds = self.dataset()
         volumes = load_volumes(ds, ds.case_ids("Tr"), self.preprocess())
-        return split_data(volumes, self.dims, c["val_split_resolved"], c["holdout_every"])[1]
+        return split_data(volumes, self.dims, c["val_split_resolved"], c["holdout_every"],
+                          ignore_label=ds.ignore_label)[1]
+
+    def validation_cases(self):
+        """The validation split of training in the images' own grid, case by case: an iterator of
+        :class:`segfuse.data.split.HeldOutCase` (the raw case, its preprocessed image, the held-out slices of a
+        ``slices`` split). ValueError if the run was trained without a validation split."""
+        from segfuse.data.split import held_out_cases
+        c = self.config
+        if c["val_split_resolved"] == "none":
+            raise ValueError(f"run {self.folder} was trained without a validation split")
+        return held_out_cases(self.dataset(), self.preprocess(), c["val_split_resolved"], c["holdout_every"])
 
 
 def as_run(run: Union[str, os.PathLike, Run]) -> Run:

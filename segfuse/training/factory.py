@@ -36,10 +36,14 @@ DICE_CE_CHOICES = ("auto",) + tuple(DICE_CE)
 
 
 def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: int,
-               model: Optional[nn.Module] = None, dice_ce: str = "auto") -> Tuple[Callable, nn.Module]:
+               model: Optional[nn.Module] = None, dice_ce: str = "auto",
+               ignore_index: Optional[int] = None) -> Tuple[Callable, nn.Module]:
     """Returns ``(loss_fn(outputs, target [N, *S] int64) -> scalar, module)``.
 
     ``dice_ce``: the Dice + CE formulation of single / deep / lomix (:data:`DICE_CE`; "auto": each one's own).
+    ``ignore_index``: the dataset's ignore label (nnU-Net's ``"ignore"``, ``num_classes`` itself), or None:
+    voxels labelled with it add to neither the CE (a mean over the other voxels) nor the Dice sums. A model's
+    own criterion cannot leave voxels out: that is a ValueError naming the model and the label.
 
     ``module`` holds the loss's learnable parameters (LoMix weights) and buffers; it is trained and
     checkpointed with the model. ``outputs`` is one logits tensor (``single``) or the model's list of
@@ -53,6 +57,11 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
         if supervision != "single":
             raise ValueError(f"--supervision {supervision}: this model brings its own criterion "
                              f"({type(model).__name__}.criterion()); leave --supervision at its default")
+        if ignore_index is not None:
+            raise ValueError(f"model {type(model).__name__} trains with its own criterion "
+                             f"({type(model).__name__}.criterion()), which cannot leave out the voxels of the "
+                             f"dataset's ignore label ({ignore_index}, dataset.json 'ignore'); it would learn them "
+                             "as a class. Train another model on this dataset, or remove the ignore label")
         mod = model.criterion()
         return mod, mod
     from segfuse.losses import DeepSupervisionDiceCE, DiceCELoss, FIASLoss, LoMixLoss
@@ -61,9 +70,10 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
     form = DICE_CE[dice_ce if dice_ce != "auto" else ("lomix" if supervision == "lomix" else "monai")]
     if supervision == "fias" and dice_ce != "auto":
         raise ValueError("--dice-ce: FIAS supervision has its own formulation (0.6 CE + 0.4 Dice); leave it at auto")
+    ignore = {} if ignore_index is None else {"ignore_index": int(ignore_index)}
     if supervision == "single":
         mod = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=form["ce_weight"], lambda_dice=form["dice_weight"],
-                         squared_pred=form["squared"], batch=form["batch"])
+                         squared_pred=form["squared"], batch=form["batch"], **ignore)
 
         def single(out, target):
             return mod(out[-1] if isinstance(out, (list, tuple)) else out, target)
@@ -71,15 +81,16 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
     if supervision == "deep":
         w = deep_supervision_weights(num_maps)
         mod = DeepSupervisionDiceCE(num_maps, weights=[x / sum(w) for x in w], lambda_ce=form["ce_weight"],
-                                    lambda_dice=form["dice_weight"], squared=form["squared"], batch=form["batch"])
+                                    lambda_dice=form["dice_weight"], squared=form["squared"], batch=form["batch"],
+                                    **ignore)
         return mod, mod
     if supervision == "fias":
         if num_maps < 2:
             raise ValueError("--supervision fias needs a model with deep-supervision outputs (auxiliary maps + "
                              f"the main output), this one gives {num_maps} map")
-        mod = FIASLoss(num_maps)
+        mod = FIASLoss(num_maps, **ignore)
         return mod, mod
-    mod = LoMixLoss(num_maps, num_classes, spatial_dims, **form)
+    mod = LoMixLoss(num_maps, num_classes, spatial_dims, **form, **ignore)
     return mod, mod
 
 

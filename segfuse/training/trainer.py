@@ -32,7 +32,7 @@ from segfuse.data.preprocess import Preprocess
 from segfuse.data.sampling import PatchDataset
 from segfuse.data.split import load_volumes, resolve_split, split_data
 from segfuse.inference import predict_volume
-from segfuse.metrics import dice_score, nanmean
+from segfuse.metrics import dice_score, nanmean, scored_mask
 from segfuse.models import create_model
 from segfuse.runs import DEEP_SUPERVISIONS
 from segfuse.runs.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint, write_csv, write_json
@@ -103,7 +103,8 @@ class Trainer:
             raise ValueError(f"--data {cfg.data!r}: {folder}/labelsTr holds no cases")
         self.split = resolve_split(cfg.val_split, cfg.dims, len(ids), cfg.holdout_every)
         vols = load_volumes(ds, ids, self.pre)
-        self.train_items, self.val_volumes = split_data(vols, cfg.dims, self.split, cfg.holdout_every)
+        self.train_items, self.val_volumes = split_data(vols, cfg.dims, self.split, cfg.holdout_every,
+                                                        ignore_label=ds.ignore_label)
 
     def _setup_model(self):
         cfg = self.cfg
@@ -127,7 +128,8 @@ class Trainer:
         self.patch = patch
         self.num_maps = self._count_maps() if deep else 1
         self.loss_fn, self.loss_module = build_loss(cfg.supervision, self.num_maps, ds.num_classes, cfg.dims,
-                                                    model=self.model, dice_ce=cfg.dice_ce)
+                                                    model=self.model, dice_ce=cfg.dice_ce,
+                                                    ignore_index=ds.ignore_label)
         self.loss_module.to(self.device)
         self.joint = _Joint(self.model, self.loss_module, self.loss_fn)
         self.ddp = self.joint
@@ -145,7 +147,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.total_iters = cfg.iterations or cfg.epochs * cfg.iters_per_epoch
         self.dataset = PatchDataset(self.train_items, patch, cfg.iters_per_epoch * cfg.batch_size * self.world,
-                                    seed=cfg.seed, fg_prob=cfg.fg_prob, aug=AugmentConfig.preset(cfg.augment))
+                                    seed=cfg.seed, fg_prob=cfg.fg_prob, aug=AugmentConfig.preset(cfg.augment),
+                                    ignore_label=ds.ignore_label)
         self.epoch, self.iteration, self.elapsed, self.best = 0, 0, 0.0, -1.0
         self.history: List[Dict] = []
 
@@ -181,6 +184,7 @@ class Trainer:
     def run_config(self) -> Dict:
         c = dataclasses.asdict(self.cfg)
         c.update(data_dir=self.data_dir, num_classes=self.ds.num_classes, class_names=self.ds.class_names,
+                 ignore_label=self.ds.ignore_label,
                  channel_names=self.ds.channel_names, patch_size=list(self.patch), val_split_resolved=self.split,
                  num_maps=self.num_maps, world_size=self.world,
                  size_multiple=size_multiple(self.model))
@@ -236,7 +240,8 @@ class Trainer:
         return loss.detach()
 
     def validate(self) -> Dict[str, float]:
-        """Mean Dice per foreground class over the validation volumes (+ ``val_dice_mean``)."""
+        """Mean Dice per foreground class over the validation volumes (+ ``val_dice_mean``), in the training
+        grid; voxels of the ignore label count for no class."""
         if not self.val_volumes:
             return {}
         per_class = {c: [] for c in range(1, self.ds.num_classes)}
@@ -245,8 +250,9 @@ class Trainer:
                                    overlap=0.5 if self.cfg.dims == 3 else 0.25, device=self.device,
                                    amp_dtype=self.amp_dtype)
             pred = probs.argmax(0)
+            mask = scored_mask(v.label, self.ds.ignore_label)
             for c in per_class:
-                per_class[c].append(dice_score(pred == c, v.label == c))
+                per_class[c].append(dice_score(pred == c, v.label == c, mask))
         out = {f"val_dice_{self.ds.class_names[c]}": nanmean(d) for c, d in per_class.items()}
         out["val_dice_mean"] = nanmean(out.values())
         return out
