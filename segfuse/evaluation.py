@@ -19,7 +19,6 @@ dataset's ignore label are scored for no class. Writes ``metrics.csv`` (one row 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -168,17 +167,15 @@ def predict_held_out(run, split: str = "auto", checkpoint: str = "last", tta: bo
     return cases, out_dir, images
 
 
-def _label_info(label_dir: str) -> Tuple[Optional[List[str]], Optional[int]]:
-    """(class names ordered by value, ignore label) from the ``dataset.json`` beside ``label_dir`` ((None, None)
-    without one); "ignore" is not a class."""
-    meta = os.path.join(os.path.dirname(os.path.abspath(label_dir)), "dataset.json")
-    if not os.path.isfile(meta):
-        return None, None
-    with open(meta) as f:
-        labels = json.load(f).get("labels", {})
-    ignore = labels.get("ignore")
-    ignore = ignore if isinstance(ignore, int) and not isinstance(ignore, bool) else None
-    return [n for n, _ in sorted(((n, v) for n, v in labels.items() if n != "ignore"), key=lambda kv: kv[1])], ignore
+def _label_info(dataset_json: str) -> Tuple[Optional[List[str]], Optional[int], Optional[Dict]]:
+    """(class names ordered by value, ignore label, ``{value: colour}``) from a ``dataset.json``
+    (:func:`segfuse.overlays.read_dataset_classes`; (None, None, None) without the file); "ignore" is not a class."""
+    from segfuse.overlays import read_dataset_classes
+    if not os.path.isfile(dataset_json):
+        return None, None, None
+    by_value, colors = read_dataset_classes(dataset_json)
+    ignore = next((v for v, n in by_value.items() if n == "ignore"), None)
+    return [n for v, n in sorted(by_value.items()) if n != "ignore"], ignore, colors
 
 
 def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = None, split: str = "auto",
@@ -212,16 +209,15 @@ def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = No
         run = as_run(run)
         cases, pred_dir, images = predict_held_out(run, split, checkpoint, tta, resolve_device(device))
         k, names, predictions, ignore = run.num_classes, run.class_names, pred_dir, run.ignore_label
-        meta = os.path.join(run.dataset().root, "dataset.json")
+        colors = _label_info(os.path.join(run.dataset().root, "dataset.json"))[2]
     else:
         if not (pred and labels):
             raise ValueError("give pred and labels (or a run)")
         from segfuse.metrics import scored_mask
-        names, ignore = _label_info(os.fspath(labels))
+        names, ignore, colors = _label_info(os.path.join(os.path.dirname(os.path.abspath(labels)), "dataset.json"))
         cases = [(cid, p, lab, sp, scored_mask(lab, ignore))
                  for cid, p, lab, sp in load_folder_pairs(os.fspath(pred), os.fspath(labels))]
         pred_dir, predictions, images = os.fspath(pred), None, None
-        meta = os.path.join(os.path.dirname(os.path.abspath(labels)), "dataset.json")
         k = num_classes or (len(names) if names else int(max(max(c[1].max(), c[2].max()) for c in cases)) + 1)
         names = names if names and len(names) == k else [str(c) for c in range(k)]
     out_dir = os.fspath(out) if out else pred_dir
@@ -230,8 +226,7 @@ def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = No
     write_csv(rows, os.path.join(out_dir, "metrics.csv"))
     write_csv(summary, os.path.join(out_dir, "summary.csv"))
     if overlays:
-        from segfuse.overlays import read_dataset_classes, write_evaluation_overlays
-        colors = read_dataset_classes(meta)[1] if os.path.isfile(meta) else None
+        from segfuse.overlays import write_evaluation_overlays
         write_evaluation_overlays(cases, out_dir, images=images, class_names=names, class_colors=colors,
                                   ignore_label=ignore)
     return EvaluationResult(rows, summary, out_dir, predictions)

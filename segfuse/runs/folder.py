@@ -124,23 +124,25 @@ class Run:
         """The validation cases (or held-out slices) of training, preprocessed: a list of
         :class:`segfuse.data.sampling.Volume`. ValueError if the run was trained without a validation split."""
         from segfuse.data.split import load_volumes, split_data
-        c = self.config
-        if c["val_split_resolved"] == "none":
-            raise ValueError(f"run {self.folder} was trained without a validation split")
+        split = self._validation_split()
         ds = self.dataset()
         volumes = load_volumes(ds, ds.case_ids("Tr"), self.preprocess())
-        return split_data(volumes, self.dims, c["val_split_resolved"], c["holdout_every"],
-                          ignore_label=ds.ignore_label)[1]
+        return split_data(volumes, self.dims, split, self.config["holdout_every"], ignore_label=ds.ignore_label)[1]
 
     def validation_cases(self):
         """The validation split of training in the images' own grid, case by case: an iterator of
         :class:`segfuse.data.split.HeldOutCase` (the raw case, its preprocessed image, the held-out slices of a
         ``slices`` split). ValueError if the run was trained without a validation split."""
         from segfuse.data.split import held_out_cases
-        c = self.config
-        if c["val_split_resolved"] == "none":
+        return held_out_cases(self.dataset(), self.preprocess(), self._validation_split(),
+                              self.config["holdout_every"])
+
+    def _validation_split(self) -> str:
+        """The validation split training resolved ("cases" or "slices"); ValueError if it had none."""
+        split = self.config["val_split_resolved"]
+        if split == "none":
             raise ValueError(f"run {self.folder} was trained without a validation split")
-        return held_out_cases(self.dataset(), self.preprocess(), c["val_split_resolved"], c["holdout_every"])
+        return split
 
 
 def as_run(run: Union[str, os.PathLike, Run]) -> Run:

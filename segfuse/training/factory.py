@@ -70,10 +70,9 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
     form = DICE_CE[dice_ce if dice_ce != "auto" else ("lomix" if supervision == "lomix" else "monai")]
     if supervision == "fias" and dice_ce != "auto":
         raise ValueError("--dice-ce: FIAS supervision has its own formulation (0.6 CE + 0.4 Dice); leave it at auto")
-    ignore = {} if ignore_index is None else {"ignore_index": int(ignore_index)}
     if supervision == "single":
         mod = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=form["ce_weight"], lambda_dice=form["dice_weight"],
-                         squared_pred=form["squared"], batch=form["batch"], **ignore)
+                         squared_pred=form["squared"], batch=form["batch"], ignore_index=ignore_index)
 
         def single(out, target):
             return mod(out[-1] if isinstance(out, (list, tuple)) else out, target)
@@ -82,15 +81,15 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
         w = deep_supervision_weights(num_maps)
         mod = DeepSupervisionDiceCE(num_maps, weights=[x / sum(w) for x in w], lambda_ce=form["ce_weight"],
                                     lambda_dice=form["dice_weight"], squared=form["squared"], batch=form["batch"],
-                                    **ignore)
+                                    ignore_index=ignore_index)
         return mod, mod
     if supervision == "fias":
         if num_maps < 2:
             raise ValueError("--supervision fias needs a model with deep-supervision outputs (auxiliary maps + "
                              f"the main output), this one gives {num_maps} map")
-        mod = FIASLoss(num_maps, **ignore)
+        mod = FIASLoss(num_maps, ignore_index=ignore_index)
         return mod, mod
-    mod = LoMixLoss(num_maps, num_classes, spatial_dims, **form, **ignore)
+    mod = LoMixLoss(num_maps, num_classes, spatial_dims, **form, ignore_index=ignore_index)
     return mod, mod
 
 
