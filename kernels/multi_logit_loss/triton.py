@@ -77,13 +77,19 @@ def _probs(z, g, cmask, SIGMOID: tl.constexpr):
 
 @register_device_function
 @triton.jit
-def _labels(y_ptr, b, S, v, vmask, cls, m2, C: tl.constexpr, SIGMOID: tl.constexpr):
-    """(labels (BLOCK,), one-hot g (C_PAD, BLOCK) fp32). y: (B, S) integer labels; sigmoid with C == 1
-    compares with label 1 (binary), otherwise with the class index."""
+def _labels(y_ptr, b, S, v, vmask, cls, m2, C: tl.constexpr, SIGMOID: tl.constexpr, HAS_IGNORE: tl.constexpr,
+            IGNORE: tl.constexpr):
+    """(labels (BLOCK,), one-hot g (C_PAD, BLOCK) fp32, keep (BLOCK,): the voxels that count). y: (B, S) integer
+    labels; sigmoid with C == 1 compares with label 1 (binary), otherwise with the class index. HAS_IGNORE: voxels
+    labelled IGNORE are not kept and their g is 0 (IGNORE may be a class too, as MONAI allows)."""
     LBL_OFF: tl.constexpr = 1 if (SIGMOID and C == 1) else 0
     y = tl.load(y_ptr + b * S + v, mask=vmask, other=0)  # the labels' own integer type: no wrap-around
-    gf = (((cls[:, None] + LBL_OFF) == y[None, :]) & m2).to(tl.float32)
-    return y, gf
+    if HAS_IGNORE:
+        keep = vmask & (y != IGNORE)
+    else:
+        keep = vmask
+    gf = (((cls[:, None] + LBL_OFF) == y[None, :]) & m2 & keep[None, :]).to(tl.float32)
+    return y, gf, keep
 
 
 @register_device_function
@@ -172,13 +178,8 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
         vmask = (pz < D) & (py < H) & (px < W)
         v = (pz * H + py) * W + px
         m2 = cmask & vmask[None, :]
-        y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
+        y, gf, keep = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID, HAS_IGNORE, IGNORE)
         xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
-        if HAS_IGNORE:  # an ignore label may be a class too (MONAI): its voxels leave that class's counts as well
-            keep = vmask & (y != IGNORE)
-            gf = tl.where(keep[None, :], gf, 0.0)
-        else:
-            keep = vmask
         mk = cmask & keep[None, :]
         if t0 == 0:  # the first T group counts labels and bad inputs
             acc_bad += tl.where(midx == M, tl.sum((keep & ((y < 0) | (y >= N_LBL))).to(tl.float32), axis=0), 0.0)
@@ -458,12 +459,9 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
         vmask = (pz < D) & (py < H) & (px < W)
         v = (pz * H + py) * W + px
         m2 = cmask & vmask[None, :]
-        y, gf = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID)
+        _y, gf, keep = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID, HAS_IGNORE, IGNORE)
         xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
-        if HAS_IGNORE:
-            mk = m2 & (y != IGNORE)[None, :]
-        else:
-            mk = m2
+        mk = m2 & keep[None, :]
         gs = ()
         for i in tl.static_range(M):
             gs = gs + (tl.zeros([C_PAD, BLOCK], tl.float32),)
