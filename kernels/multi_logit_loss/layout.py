@@ -7,9 +7,11 @@ Sizes: ``M`` base logit maps, ``C`` classes, ``T`` supervised maps (base + mutan
 
       [ I (C x T) | P (C x T) | G (C) | CE (T) | BAD (M + 1) | N (1) ]
 
-  ``I[c, t] = sum p g``, ``P[c, t] = sum p^2`` (or ``sum p``), ``G[c]`` label counts, ``CE[t]`` summed
-  per-voxel CE, ``BAD[i]`` NaN/Inf count of map ``i`` and ``BAD[M]`` the out-of-range label count, ``N``
-  the voxels that count (not ``ignore_index``; written only when there is one: the CE denominator).
+  ``I[c, t] = sum p g`` (soft-label Dice: ``sum (|p| + |g| - |p - g|) / 2``), ``P[c, t] = sum p^2`` (or
+  ``sum p``, ``sum |p|``), ``G[c]`` the target sums (``sum g``, ``sum g^2``), ``CE[t]`` summed per-voxel CE,
+  ``BAD[i]`` NaN/Inf count of map ``i`` and ``BAD[M]`` the out-of-range label count, ``N`` the CE
+  denominator's share of the row (voxels not ``ignore_index``, or with class weights the sum of their labels'
+  weights; written only when the launch counts it).
 * :class:`ResultVector`: ``res[size]``, written by the finalize kernel (or the reference)::
 
       [ loss | per_map (T) | ce (T) | dice (T) | dw (T) | ce_scale (T) | bad (M + 1) ]
@@ -19,8 +21,9 @@ Sizes: ``M`` base logit maps, ``C`` classes, ``T`` supervised maps (base + mutan
   at least 1).
 * :class:`ParamGradLayout`: the flat parameter gradient ``[concat_weight | concat_bias | attn_weight |
   attn_bias]`` (shapes in :mod:`.reference`), one row per pass-2 program before the launcher's sum.
-* ``coef[B or 1, 2, T, C]``: the Dice chain coefficients (``A`` multiplies ``g``, ``Bq`` multiplies
-  ``dP/dp``), a plain tensor shape.
+* ``coef[B or 1, planes, T, C]`` (:func:`coef_shape`): the Dice chain coefficients (plane 0 ``A`` multiplies
+  ``dI/dp``, plane 1 ``Bq`` multiplies ``dP/dp``) and, with ``reduction="none"``, plane 2: the weighted
+  per-class Dice terms (the op's per-class output).
 
 The kernels take every offset as a ``tl.constexpr`` from :meth:`constexprs`.
 """
@@ -29,6 +32,15 @@ from __future__ import annotations
 import dataclasses
 
 from .reference import attn_rows, concat_rows, subsets
+
+
+def coef_planes(reduction: str) -> int:
+    return 3 if reduction == "none" else 2
+
+
+def coef_shape(B: int, T: int, C: int, batch: bool, reduction: str) -> tuple:
+    """``coef``'s shape: one row per sample (per-sample Dice) or one (``batch``)."""
+    return (1 if batch else B, coef_planes(reduction), T, C)
 
 
 @dataclasses.dataclass(frozen=True)

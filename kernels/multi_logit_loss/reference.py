@@ -117,48 +117,110 @@ def upsample_maps(maps: Sequence[torch.Tensor], size, upsample: str = "linear") 
     return [upsample_to(x, size) for x in maps]
 
 
-def dice_ce_terms(logits: torch.Tensor, target: torch.Tensor, *, sigmoid: bool = False,
-                  squared: bool = True, batch: bool = True, include_background: bool = True,
-                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, ignore_index=None):
-    """``(CE, Dice)`` of one map, fp32. ``target``: integer labels ``(B, *spatial)``.
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+REDUCTIONS = ("mean", "sum", "none")
 
-    softmax: CE = mean over voxels of ``-log softmax(z)[y]``; Dice on softmax probabilities against
-    the one-hot labels. sigmoid: C == 1 -> ``p = sigmoid(z)``, ``g = y`` (0/1); C > 1 -> per-channel
-    sigmoid against one-hot labels (multi-label); CE = mean BCE-with-logits over all elements.
-    Dice per (b?, c): ``1 - (2 I + smooth_nr) / (P + G + smooth_dr)`` with ``P = sum p^2`` (squared)
-    or ``sum p``; mean over the included classes (and samples when ``batch`` is False).
+
+def binary_labels(num_classes: int, activation: str) -> bool:
+    """Integer labels of a single channel that is not softmaxed are the 0/1 target (MONAI's convention);
+    otherwise a label is a class index."""
+    return num_classes == 1 and activation != "softmax"
+
+
+def dice_ce_terms(logits: torch.Tensor, target: torch.Tensor, *, activation: str = "softmax", ce_bce: bool = False,
+                  squared: bool = True, batch: bool = True, include_background: bool = True,
+                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, ignore_index=None, class_weights=None,
+                  label_smoothing: float = 0.0, soft_label: bool = False, jaccard: bool = False,
+                  reduction: str = "mean"):
+    """``(CE, Dice, Dice terms)`` of one map, fp32, with torch's own losses for CE (the oracle of the kernels).
+
+    ``target``: integer labels ``(B, *spatial)``, or dense float targets ``(B, C, *spatial)`` (one-hot or soft).
+    Dice probabilities: ``activation`` "softmax" / "sigmoid" / "none" (the logits themselves). CE: softmax
+    cross-entropy on the logits (``F.cross_entropy`` with the class weights ``class_weights[0]`` and
+    ``label_smoothing``), or with ``ce_bce`` BCE-with-logits per channel (``pos_weight = class_weights[0]``).
+    Integer labels of a single non-softmax channel are its 0/1 target; otherwise one-hot class indices.
+    Dice per (b?, c): ``1 - (2 I + smooth_nr) / (P + G + smooth_dr)`` (``jaccard``: denominator ``2 (P + G - I)``)
+    with ``P = sum p^2`` (squared) or ``sum p``; ``soft_label`` (not squared): MONAI's soft-label form
+    ``I = sum (|p| + |g| - |p - g|) / 2``, ``P = sum |p|``, ``G = sum |g|``. Each class's Dice times
+    ``class_weights[1]``; "mean" over the included classes (and samples when ``batch`` is False), "sum" their
+    sum. The Dice terms: ``(B or 1, C)`` weighted per-class Dice, zero for an excluded class.
     ``ignore_index``: voxels with that label are in neither sum (nnU-Net's ignore label): CE is the mean over
     the other voxels (0 when there are none), and their probabilities and labels are left out of every Dice sum.
     """
     z = logits.float()
     B, C = z.shape[:2]
-    y = target.long()
+    dense = target.is_floating_point()
     keep = None
-    if ignore_index is not None:
-        keep = (y != ignore_index).unsqueeze(1).float()  # (B, 1, *spatial)
-        y = torch.where(y == ignore_index, torch.zeros_like(y), y)
-    if sigmoid:
-        g = y.unsqueeze(1).float() if C == 1 else F.one_hot(y, C).movedim(-1, 1).float()
-        ce_each = F.binary_cross_entropy_with_logits(z, g, reduction="none")
+    cw = None if class_weights is None else class_weights.float()
+    if dense:
+        g = target.float()
+        y = None
+    else:
+        y = target.long()
+        if ignore_index is not None:
+            keep = (y != ignore_index).unsqueeze(1).float()  # (B, 1, *spatial)
+            y = torch.where(y == ignore_index, torch.zeros_like(y), y)
+        if binary_labels(C, activation):
+            g = y.unsqueeze(1).float()
+        else:
+            g = F.one_hot(y, C).movedim(-1, 1).float()
+    if ce_bce:
+        pw = None if cw is None else cw[0].reshape(C, *([1] * (z.dim() - 2)))
+        ce_sum_each = F.binary_cross_entropy_with_logits(z, g, pos_weight=pw, reduction="none")
+        if keep is not None:
+            ce_sum_each = ce_sum_each * keep
+        ce_sum = ce_sum_each.sum()
+        n = (keep.sum() if keep is not None else torch.tensor(float(g[:, :1].numel()), device=z.device)) * C
+    elif dense:
+        ce_sum = F.cross_entropy(z, g, weight=None if cw is None else cw[0], reduction="sum",
+                                 label_smoothing=label_smoothing)
+        n = torch.tensor(float(g[:, :1].numel()), device=z.device)
+    else:
+        yy = y if keep is None else torch.where(keep[:, 0] > 0, y, torch.full_like(y, -100))
+        ce_sum = F.cross_entropy(z, yy, weight=None if cw is None else cw[0], reduction="sum", ignore_index=-100,
+                                 label_smoothing=label_smoothing)
+        counted = torch.ones_like(y, dtype=torch.float32) if keep is None else keep[:, 0]
+        if cw is not None:
+            counted = counted * cw[0][y]
+        n = counted.sum()
+    if reduction == "mean":
+        ce = torch.where(n > 0, ce_sum / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(ce_sum))
+    else:
+        ce = ce_sum
+    if activation == "softmax":
+        p = torch.softmax(z, dim=1)
+    elif activation == "sigmoid":
         p = torch.sigmoid(z)
     else:
-        g = F.one_hot(y, C).movedim(-1, 1).float()
-        ce_each = F.cross_entropy(z, y, reduction="none").unsqueeze(1)
-        p = torch.softmax(z, dim=1)
-    if keep is None:
-        ce = ce_each.mean()
-    else:
-        n = keep.sum() * ce_each.shape[1]
-        ce = torch.where(n > 0, (ce_each * keep).sum() / n.clamp_min(1.0), torch.zeros_like(n))
+        p = z
+    if keep is not None:
         p, g = p * keep, g * keep
-    if not include_background and C > 1:
-        p, g = p[:, 1:], g[:, 1:]
+    first = 1 if (not include_background and C > 1) else 0
+    p, g = p[:, first:], g[:, first:]
     dims = [0] + list(range(2, z.dim())) if batch else list(range(2, z.dim()))
-    inter = (p * g).sum(dims)
-    pp = (p * p).sum(dims) if squared else p.sum(dims)
-    gg = (g * g).sum(dims) if squared else g.sum(dims)
-    dice = (1.0 - (2.0 * inter + smooth_nr) / (pp + gg + smooth_dr)).mean()
-    return ce, dice
+    if soft_label and not squared:
+        inter = ((p.abs() + g.abs() - (p - g).abs()) / 2).sum(dims)
+        pp, gg = p.abs().sum(dims), g.abs().sum(dims)
+    else:
+        inter = (p * g).sum(dims)
+        pp = (p * p).sum(dims) if squared else p.sum(dims)
+        gg = (g * g).sum(dims) if squared else g.sum(dims)
+    den = 2.0 * (pp + gg - inter) if jaccard else pp + gg
+    f = 1.0 - (2.0 * inter + smooth_nr) / (den + smooth_dr)  # (B, C') or (C',)
+    if cw is not None:
+        f = f * cw[1][first:]
+    dice = f.mean() if reduction == "mean" else f.sum()
+    terms = f.reshape(1 if batch else B, C - first)
+    if first:
+        terms = torch.cat([torch.zeros_like(terms[:, :1]), terms], dim=1)
+    return ce, dice, terms
+
+
+def resolve_activation(sigmoid: bool = False, activation=None, ce_bce=None):
+    """``(activation, ce_bce)``: ``activation`` defaults to "sigmoid" / "softmax" by ``sigmoid``; the CE is BCE
+    (``ce_bce``) by default exactly when the Dice activation is the sigmoid."""
+    activation = activation or ("sigmoid" if sigmoid else "softmax")
+    return activation, (activation == "sigmoid") if ce_bce is None else bool(ce_bce)
 
 
 def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.Tensor,
@@ -168,41 +230,52 @@ def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.
                                   dice_weight: float = 0.7, sigmoid: bool = False, squared: bool = True,
                                   batch: bool = True, include_background: bool = True,
                                   smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, upsample: str = "linear",
-                                  ignore_index=None, return_per_map: bool = False):
+                                  ignore_index=None, activation=None, ce_bce=None, class_weights=None,
+                                  label_smoothing: float = 0.0, soft_label: bool = False, jaccard: bool = False,
+                                  reduction: str = "mean", return_per_map: bool = False):
     """Eager ``sum_t w_t (ce_weight CE_t + dice_weight Dice_t)`` over the base and mutant maps.
 
     Same arguments as :func:`segfuse.kernels.multi_logit_loss.multi_logit_dice_ce`; returns the fp32
-    scalar loss (and the per-map losses ``ce_weight CE_t + dice_weight Dice_t`` when asked).
+    scalar loss (and the per-map losses ``ce_weight CE_t + dice_weight Dice_t`` when asked); with
+    ``reduction="none"`` the ``(T, B or 1, C)`` weighted per-class Dice terms instead of the loss.
     """
-    base = upsample_maps(logits, target.shape[1:], upsample)
+    activation, ce_bce = resolve_activation(sigmoid, activation, ce_bce)
+    base = upsample_maps(logits, target.shape[-(logits[0].dim() - 2):], upsample)
     maps = mix_maps(base, ops, concat_weight, concat_bias, attn_weight, attn_bias)
     w = transform_weights(raw_weights.float(), weight_mode)
-    per_map = []
+    per_map, all_terms = [], []
     for z in maps:
-        ce, dice = dice_ce_terms(z, target, sigmoid=sigmoid, squared=squared, batch=batch,
-                                 include_background=include_background, smooth_nr=smooth_nr,
-                                 smooth_dr=smooth_dr, ignore_index=ignore_index)
+        ce, dice, terms = dice_ce_terms(z, target, activation=activation, ce_bce=ce_bce, squared=squared,
+                                        batch=batch, include_background=include_background, smooth_nr=smooth_nr,
+                                        smooth_dr=smooth_dr, ignore_index=ignore_index, class_weights=class_weights,
+                                        label_smoothing=label_smoothing, soft_label=soft_label, jaccard=jaccard,
+                                        reduction=reduction)
         per_map.append(ce_weight * ce + dice_weight * dice)
+        all_terms.append(terms)
     per_map = torch.stack(per_map)
-    loss = (w * per_map).sum()
+    loss = torch.stack(all_terms) if reduction == "none" else (w * per_map).sum()
     return (loss, per_map) if return_per_map else loss
 
 
 def count_bad_inputs(maps: Sequence[torch.Tensor], target: torch.Tensor, num_classes: int,
-                     sigmoid: bool, ignore_index=None) -> torch.Tensor:
+                     activation: str, ignore_index=None) -> torch.Tensor:
     """``(M + 1,)`` fp32: NaN/Inf count of each map, then the count of labels outside ``[0, num_classes)``
-    (``[0, 1]`` for a single sigmoid channel) other than ``ignore_index``, as the kernels count them in pass 1."""
-    hi = 2 if (sigmoid and num_classes == 1) else num_classes
+    (``[0, 1]`` for a single non-softmax channel) other than ``ignore_index``, as the kernels count them in
+    pass 1 (none for dense float targets)."""
+    counts = [(~torch.isfinite(x)).sum() for x in maps]
+    if target.is_floating_point():
+        return torch.stack(counts + [counts[0] * 0]).float()
+    hi = 2 if binary_labels(num_classes, activation) else num_classes
     out = (target < 0) | (target >= hi)
     if ignore_index is not None:
         out = out & (target != ignore_index)
-    counts = [(~torch.isfinite(x)).sum() for x in maps] + [out.sum()]
-    return torch.stack(counts).float()
+    return torch.stack(counts + [out.sum()]).float()
 
 
 # the loss options both registered ops take, in their schema order
-LOSS_OPTIONS = ("weight_mode", "ce_weight", "dice_weight", "sigmoid", "squared", "batch", "include_background",
-                "smooth_nr", "smooth_dr", "upsample", "ignore_index")
+LOSS_OPTIONS = ("weight_mode", "ce_weight", "dice_weight", "activation", "ce_bce", "squared", "batch",
+                "include_background", "smooth_nr", "smooth_dr", "upsample", "ignore_index", "label_smoothing",
+                "soft_label", "jaccard", "reduction")
 
 
 def _grad(fn, inputs, grad_out=None):
@@ -225,58 +298,59 @@ def _loss_options(cfg: dict) -> dict:
     return {k: cfg[k] for k in LOSS_OPTIONS}
 
 
-def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg):
+def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, class_weights=None, **cfg):
     """The registered forward op on the reference path: ``(res, coef)`` in the kernels' layouts
-    (:mod:`.layout`). ``maps`` at their own resolutions (upsampled here, ``F.interpolate``). ``coef`` (the
-    Dice chain coefficients of the Triton backward) is zeros: the reference backward recomputes the forward
-    instead."""
-    from .layout import ResultVector
+    (:mod:`.layout`). ``maps`` at their own resolutions (upsampled here, ``F.interpolate``). ``coef``'s Dice
+    chain planes (read by the Triton backward only) are zeros: the reference backward recomputes the forward
+    instead; its terms plane (``reduction="none"``) holds the weighted per-class Dice."""
+    from .layout import ResultVector, coef_shape
 
     M, T = len(maps), raw_weights.numel()
     B, C = maps[0].shape[:2]
     result = ResultVector(T, M)
-    base = mix_maps(upsample_maps(maps, target.shape[1:], cfg["upsample"]), ops, cw, cb, aw, ab)
-    terms = [dice_ce_terms(z, target, sigmoid=cfg["sigmoid"], squared=cfg["squared"], batch=cfg["batch"],
-                           include_background=cfg["include_background"], smooth_nr=cfg["smooth_nr"],
-                           smooth_dr=cfg["smooth_dr"], ignore_index=cfg["ignore_index"]) for z in base]
+    base = mix_maps(upsample_maps(maps, target.shape[-(maps[0].dim() - 2):], cfg["upsample"]), ops, cw, cb, aw, ab)
+    opts = {k: cfg[k] for k in ("activation", "ce_bce", "squared", "batch", "include_background", "smooth_nr",
+                                "smooth_dr", "ignore_index", "label_smoothing", "soft_label", "jaccard", "reduction")}
+    terms = [dice_ce_terms(z, target, class_weights=class_weights, **opts) for z in base]
     ce = torch.stack([t[0] for t in terms])
     dice = torch.stack([t[1] for t in terms])
     per_map = cfg["ce_weight"] * ce + cfg["dice_weight"] * dice
     # d loss / d raw = J_w^T per_map
     w, (dw,) = _grad(lambda raw: transform_weights(raw, cfg["weight_mode"]), [raw_weights.float()], per_map)
     loss = (w * per_map).sum()
-    n_ce = float(target.numel() * (C if cfg["sigmoid"] else 1))
-    if cfg["ignore_index"] is not None:  # a device tensor: no host read
-        n_ce = ((target != cfg["ignore_index"]).sum() * (C if cfg["sigmoid"] else 1)).float().clamp_min(1.0)
-    ce_scale = w.detach() * cfg["ce_weight"] / n_ce  # with nothing to score, CE and its gradient are 0
+    ce_scale = torch.zeros_like(per_map)  # read by the Triton backward only
     res = torch.cat([loss.detach().reshape(1), per_map, ce, dice, dw, ce_scale,
-                     count_bad_inputs(maps, target, C, cfg["sigmoid"], cfg["ignore_index"])]).float()
+                     count_bad_inputs(maps, target, C, cfg["activation"], cfg["ignore_index"])]).float()
     assert res.numel() == result.size
-    coef = torch.zeros(1 if cfg["batch"] else B, 2, T, C, dtype=torch.float32, device=maps[0].device)
+    coef = torch.zeros(coef_shape(B, T, C, cfg["batch"], cfg["reduction"]), dtype=torch.float32,
+                       device=maps[0].device)
+    if cfg["reduction"] == "none":
+        coef[:, 2] = torch.stack([t[2] for t in terms], dim=1)
     return res, coef
 
 
-def mll_backward_reference(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, **cfg):
-    """The registered backward op on the reference path: recompute the eager loss and differentiate it.
+def mll_backward_reference(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, class_weights=None, **cfg):
+    """The registered backward op on the reference path: recompute the eager loss and differentiate it
+    (``grad_out``: ``(1,)``, or with ``reduction="none"`` the ``(B or 1, T, C)`` gradient of the Dice terms).
     Returns ``(grads of the maps, grad raw_weights (T,) fp32, flat parameter gradient)`` (:mod:`.layout`)."""
     from .layout import ParamGradLayout
 
     M, C = len(maps), maps[0].shape[1]
     present = [i for i, p in enumerate((cw, cb, aw, ab)) if p is not None]
-
-    M_ = len(maps)
+    none = cfg["reduction"] == "none"
 
     def loss_of(*leaves):
         params = [None] * 4
-        for i, p in zip(present, leaves[M_ + 1:]):
+        for i, p in zip(present, leaves[M + 1:]):
             params[i] = p
-        return multi_logit_dice_ce_reference(list(leaves[:M_]), target, leaves[M_], ops=ops, concat_weight=params[0],
-                                             concat_bias=params[1], attn_weight=params[2], attn_bias=params[3],
-                                             **_loss_options(cfg))
+        out = multi_logit_dice_ce_reference(list(leaves[:M]), target, leaves[M], ops=ops, concat_weight=params[0],
+                                            concat_bias=params[1], attn_weight=params[2], attn_bias=params[3],
+                                            class_weights=class_weights, **_loss_options(cfg))
+        return (out * grad_out.float().transpose(0, 1)).sum() if none else out
 
     _loss, grads = _grad(loss_of, list(maps) + [raw_weights.float()] + [(cw, cb, aw, ab)[i] for i in present],
-                         grad_out.reshape(()).float())
-    g_maps, g_raw, g_present = grads[:M_], grads[M_], grads[M_ + 1:]
+                         None if none else grad_out.reshape(()).float())
+    g_maps, g_raw, g_present = grads[:M], grads[M], grads[M + 1:]
     layout = ParamGradLayout(M, C)
     flat = torch.zeros(layout.size, dtype=torch.float32, device=maps[0].device)
     views = layout.split(flat)

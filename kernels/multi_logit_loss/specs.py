@@ -37,11 +37,15 @@ def run_problem(maps, y, params, ops, **kw):
     """``(loss, per_map, grads of maps..., grads of params...)`` of one fused call."""
     loss, per_map = multi_logit_dice_ce(maps, y, params["raw_weights"], ops=ops, return_per_map=True,
                                         **{k: v for k, v in params.items() if k != "raw_weights"}, **kw)
-    grads = torch.autograd.grad(loss, list(maps) + list(params.values()))
+    if loss.dim():  # reduction="none": the per-class Dice terms, a fixed upstream gradient
+        loss = (loss * torch.linspace(0.5, 1.5, loss.numel(), device=loss.device).view_as(loss)).sum()
+    grads = torch.autograd.grad(loss, list(maps) + list(params.values()), allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(list(maps) + list(params.values()), grads)]
     return (loss, per_map, *grads)
 
 
 LOMIX = dict(ce_weight=0.3, dice_weight=0.7, squared=True, batch=True, include_background=True)
+MONAI_CE = dict(weight_mode="fixed", ce_weight=1.0, dice_weight=1.0, squared=False, batch=False)
 ALL_OPS = ("add", "mul", "concat", "attention")
 
 # label: (M, B, C, map sizes, target size, ops, label dtype, loss options). The labels stay within one GPU tile
@@ -72,6 +76,19 @@ CASES = {
     "dice-ce-3d-M1-C4-ignore": (1, 2, 4, [(2, 3, 5)], (2, 3, 5), (), torch.int64,
                                 dict(weight_mode="fixed", ce_weight=1.0, dice_weight=1.0, squared=False, batch=False,
                                      ignore_index=4)),
+    # MONAI's per-voxel options: class weights, label smoothing, Jaccard, an ignore label (softmax)
+    "monai-weights-smoothing-jaccard-M1-C4": (1, 2, 4, [(3, 5)], (3, 5), (), torch.int64,
+                                              dict(MONAI_CE, class_weight=(0.5, 1.0, 2.0, 1.5),
+                                                   dice_class_weight=(1.0, 0.5, 2.0, 1.0), label_smoothing=0.1,
+                                                   jaccard=True, ignore_index=4)),
+    # soft float targets, no activation, MONAI's soft-label Dice, sums
+    "monai-soft-no-activation-sum-M2-C3": (2, 2, 3, [(2, 3), (4, 6)], (4, 6), (), "soft",
+                                           dict(MONAI_CE, activation="none", soft_label=True, reduction="sum")),
+    # sigmoid Dice with MONAI's softmax CE; per-class Dice terms (reduction none: Dice only)
+    "monai-sigmoid-softmax-ce-M1-C3": (1, 2, 3, [(4, 5)], (4, 5), (), torch.int64,
+                                       dict(MONAI_CE, sigmoid=True, ce_bce=False, class_weight=(1.0, 2.0, 0.5))),
+    "monai-dice-terms-none-M1-C3": (1, 2, 3, [(4, 5)], (4, 5), (), torch.int64,
+                                    dict(MONAI_CE, ce_weight=0.0, sigmoid=True, reduction="none")),
 }
 
 
@@ -80,10 +97,13 @@ def _case(label):
 
     def run(dtype, device):
         maps, y, params = make_problem(M, B, C, sizes, target, ops, dtype=dtype, device=device,
-                                       label_dtype=label_dtype)
+                                       label_dtype=torch.int64 if label_dtype == "soft" else label_dtype)
         if kw.get("ignore_index") is not None:
             y.view(-1)[::3] = kw["ignore_index"]
-        return run_problem(maps, y, params, ops, validate=False, **kw)
+        if label_dtype == "soft":  # (B, C, *S) soft targets
+            y = torch.softmax(torch.nn.functional.one_hot(y, C).movedim(-1, 1).float() * 2.0, dim=1)
+        opts = {k: (torch.tensor(v, device=device) if k.endswith("class_weight") else v) for k, v in kw.items()}
+        return run_problem(maps, y, params, ops, validate=False, **opts)
     return run
 
 

@@ -40,7 +40,7 @@ import torch
 from ..dispatch import gpu_launch_settings, sm_count
 from ..registry import register_device_function, register_kernel
 from .geometry import Geometry, make_geometry
-from .layout import ParamGradLayout, PartialRow, ResultVector
+from .layout import ParamGradLayout, PartialRow, ResultVector, coef_shape
 from .mixing import DESC_WIDTH, descriptors, load_maps, mix, mix_grad, ops_mask, source_index
 
 TILE_ELEMENTS = 256  # C_PAD * BLOCK logits per tile on a GPU: 16 classes x 16 voxels at 8 warps builds without spills
@@ -50,62 +50,124 @@ GATHER_BLOCK = 256  # coarse-map elements per program of the gather kernel
 NUM_WARPS = 8
 T_BLOCK_MAX = 64  # supervised maps per pass-1 program (registers: 2 x C_PAD x T_BLOCK accumulators)
 WEIGHT_CODE = {"softplus": 0, "normalized": 1, "fixed": 2}
+REDUCE_CODE = {"mean": 0, "sum": 1, "none": 2}
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 # ----------------------------------------------------------------------------- jit helpers
 @register_device_function
 @triton.jit
-def _probs(z, g, cmask, SIGMOID: tl.constexpr):
-    """Probabilities and per-voxel CE / BCE (summed over classes) of one (C_PAD, BLOCK) logit tile."""
-    if SIGMOID:
+def _sign(x):
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+
+
+@register_device_function
+@triton.jit
+def _probs(z, g, cmask, cwv, smoothing, C: tl.constexpr, ACT: tl.constexpr, CE_BCE: tl.constexpr,
+           CLASS_W: tl.constexpr, SMOOTHING: tl.constexpr, DENSE: tl.constexpr):
+    """One (C_PAD, BLOCK) logit tile against its targets ``g`` (one-hot or dense, zero where not counted):
+    ``(p, ce, dce)``: the Dice probabilities (ACT 0 softmax, 1 sigmoid, 2 the logits), the per-voxel CE summed
+    over classes and its gradient. CE: softmax cross-entropy with target weights ``u_c = w_c ((1 - e) g_c + e / C)``
+    (class weights ``cwv``, label smoothing ``e``): ``sum_c u_c (lse - z_c)``, gradient ``q sum_c u_c - u``; or
+    (CE_BCE) BCE-with-logits per channel, ``cwv`` its pos_weight: ``(1 - g) z + L softplus(-z)``,
+    ``L = 1 + (w - 1) g``, gradient ``(1 - g) - L (1 - q)``."""
+    if CE_BCE:
         e = tl.exp(-tl.abs(z))
         inv = 1.0 / (1.0 + e)
-        p = tl.where(z >= 0, inv, e * inv)
-        bce = tl.maximum(z, 0.0) - z * g + tl.log(1.0 + e)
-        p = tl.where(cmask, p, 0.0)
+        q = tl.where(z >= 0, inv, e * inv)
+        if CLASS_W:
+            lw = 1.0 + (cwv[:, None] - 1.0) * g
+            bce = (1.0 - g) * z + lw * (tl.maximum(-z, 0.0) + tl.log(1.0 + e))
+            dce = (1.0 - g) - lw * (1.0 - q)
+        else:
+            bce = tl.maximum(z, 0.0) - z * g + tl.log(1.0 + e)
+            dce = q - g
+        q = tl.where(cmask, q, 0.0)
         ce = tl.sum(tl.where(cmask, bce, 0.0), axis=0)
     else:
         zm = tl.where(cmask, z, float("-inf"))
         mx = tl.max(zm, axis=0)
         e = tl.exp(zm - mx[None, :])
         ssum = tl.sum(e, axis=0)
-        p = e / ssum[None, :]
-        ce = mx + tl.log(ssum) - tl.sum(tl.where(g > 0, z, 0.0), axis=0)
-    return p, ce
+        q = e / ssum[None, :]
+        if CLASS_W or SMOOTHING or DENSE:
+            u = g
+            if SMOOTHING:
+                u = (1.0 - smoothing) * u + smoothing / C
+            if CLASS_W:
+                u = u * cwv[:, None]
+            u = tl.where(cmask, u, 0.0)
+            usum = tl.sum(u, axis=0)
+            ce = (mx + tl.log(ssum)) * usum - tl.sum(u * tl.where(cmask, z, 0.0), axis=0)
+            dce = q * usum[None, :] - u
+        else:
+            ce = mx + tl.log(ssum) - tl.sum(tl.where(g > 0, z, 0.0), axis=0)  # one-hot g
+            dce = q - g
+    if ACT == 2:
+        p = tl.where(cmask, z, 0.0)
+    elif (ACT == 0) == (not CE_BCE):  # the CE's own probabilities
+        p = q
+    else:  # sigmoid Dice beside a softmax CE (MONAI's DiceCELoss with sigmoid and C > 1)
+        e2 = tl.exp(-tl.abs(z))
+        inv2 = 1.0 / (1.0 + e2)
+        p = tl.where(cmask, tl.where(z >= 0, inv2, e2 * inv2), 0.0)
+    return p, ce, dce
 
 
 @register_device_function
 @triton.jit
-def _labels(y_ptr, b, S, v, vmask, cls, m2, C: tl.constexpr, SIGMOID: tl.constexpr, HAS_IGNORE: tl.constexpr,
-            IGNORE: tl.constexpr):
-    """(labels (BLOCK,), one-hot g (C_PAD, BLOCK) fp32, keep (BLOCK,): the voxels that count). y: (B, S) integer
-    labels; sigmoid with C == 1 compares with label 1 (binary), otherwise with the class index. HAS_IGNORE: voxels
-    labelled IGNORE are not kept and their g is 0 (IGNORE may be a class too, as MONAI allows)."""
-    LBL_OFF: tl.constexpr = 1 if (SIGMOID and C == 1) else 0
-    y = tl.load(y_ptr + b * S + v, mask=vmask, other=0)  # the labels' own integer type: no wrap-around
-    if HAS_IGNORE:
-        keep = vmask & (y != IGNORE)
-    else:
+def _labels(y_ptr, b, S, v, vmask, cls, m2, C: tl.constexpr, BINARY: tl.constexpr, HAS_IGNORE: tl.constexpr,
+            IGNORE: tl.constexpr, DENSE: tl.constexpr):
+    """(labels (BLOCK,), targets g (C_PAD, BLOCK) fp32, keep (BLOCK,): the voxels that count). y: (B, S) integer
+    labels, one-hot here (BINARY, a single non-softmax channel: label 1 is the target 1); or DENSE: (B, C, S)
+    float targets (one-hot or soft) read as they are. HAS_IGNORE: voxels labelled IGNORE are not kept and their
+    g is 0 (IGNORE may be a class too, as MONAI allows)."""
+    LBL_OFF: tl.constexpr = 1 if BINARY else 0
+    if DENSE:  # (the labels returned are unused: the voxel indices stand in for them)
+        y = v
+        gf = tl.load(y_ptr + (b * C + cls[:, None]) * S + v[None, :], mask=m2, other=0.0).to(tl.float32)
         keep = vmask
-    gf = (((cls[:, None] + LBL_OFF) == y[None, :]) & m2 & keep[None, :]).to(tl.float32)
+    else:
+        y = tl.load(y_ptr + b * S + v, mask=vmask, other=0)  # the labels' own integer type: no wrap-around
+        if HAS_IGNORE:
+            keep = vmask & (y != IGNORE)
+        else:
+            keep = vmask
+        gf = (((cls[:, None] + LBL_OFF) == y[None, :]) & m2 & keep[None, :]).to(tl.float32)
     return y, gf, keep
 
 
 @register_device_function
 @triton.jit
-def _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, SIGMOID: tl.constexpr, SQUARED: tl.constexpr):
-    """d loss / d z for one supervised map tile."""
-    p, _ce = _probs(z, gf, cmask, SIGMOID)
+def _dice_sums(p, gf, SQUARED: tl.constexpr, SOFT_DICE: tl.constexpr):
+    """Per-voxel contributions (I, P) to the Dice sums of one tile (p zero where not counted)."""
+    if SOFT_DICE:  # MONAI's soft-label form: (|p| + |g| - |p - g|) / 2 (= min(p, g) for p, g >= 0)
+        return 0.5 * (tl.abs(p) + tl.abs(gf) - tl.abs(p - gf)), tl.abs(p)
     if SQUARED:
+        return p * gf, p * p
+    return p * gf, p
+
+
+@register_device_function
+@triton.jit
+def _dlogits(z, gf, m2, cmask, a_c, b_c, ce_scale, cwv, smoothing, C: tl.constexpr, ACT: tl.constexpr,
+             CE_BCE: tl.constexpr, CLASS_W: tl.constexpr, SMOOTHING: tl.constexpr, DENSE: tl.constexpr,
+             SQUARED: tl.constexpr, SOFT_DICE: tl.constexpr):
+    """d loss / d z for one supervised map tile (a_c multiplies dI/dp, b_c dP/dp)."""
+    p, _ce, dce = _probs(z, gf, cmask, cwv, smoothing, C, ACT, CE_BCE, CLASS_W, SMOOTHING, DENSE)
+    if SOFT_DICE:
+        dp = a_c[:, None] * (0.5 * (_sign(p) - _sign(p - gf))) + b_c[:, None] * _sign(p)
+    elif SQUARED:
         dp = a_c[:, None] * gf + b_c[:, None] * (2.0 * p)
     else:
         dp = a_c[:, None] * gf + b_c[:, None]
-    if SIGMOID:
-        dz = dp * p * (1.0 - p) + ce_scale * (p - gf)
+    if ACT == 1:
+        dz = dp * p * (1.0 - p)
+    elif ACT == 0:
+        dz = p * (dp - tl.sum(p * dp, axis=0)[None, :])
     else:
-        dz = p * (dp - tl.sum(p * dp, axis=0)[None, :]) + ce_scale * (p - gf)
-    return tl.where(m2, dz, 0.0)
+        dz = dp
+    return tl.where(m2, dz + ce_scale * dce, 0.0)
 
 
 @register_device_function
@@ -139,19 +201,22 @@ def _program_box(n_by, n_bx):
 
 
 @triton.jit
-def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr,
+def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, part_ptr, clw_ptr, smoothing,
                       D, H, W, box_z, box_y, box_x, n_by, n_bx,
                       M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
-                      T_BLOCK: tl.constexpr, BAD_PAD: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr,
-                      OPS_MASK: tl.constexpr, SCALES: tl.constexpr, NEAREST: tl.constexpr,
+                      T_BLOCK: tl.constexpr, BAD_PAD: tl.constexpr, ACT: tl.constexpr, CE_BCE: tl.constexpr,
+                      SQUARED: tl.constexpr, OPS_MASK: tl.constexpr, SCALES: tl.constexpr, NEAREST: tl.constexpr,
                       TZ: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr, HAS_IGNORE: tl.constexpr,
-                      IGNORE: tl.constexpr,
+                      IGNORE: tl.constexpr, DENSE: tl.constexpr, SOFT_DICE: tl.constexpr, CLASS_W: tl.constexpr,
+                      SMOOTHING: tl.constexpr, COUNT_N: tl.constexpr,
                       PART_W: tl.constexpr, PART_I: tl.constexpr, PART_P: tl.constexpr, PART_G: tl.constexpr,
                       PART_CE: tl.constexpr, PART_BAD: tl.constexpr, PART_N: tl.constexpr):
-    # maps: M x (B, C, *S_i) logits, S_i = (D, H, W) / SCALES[i]; y: (B, D*H*W) integer labels; desc: (T,
-    # DESC_WIDTH) int32 rows (mixing.py); cw/cb/aw/ab: fp32 mixing parameters (reference.py layout); part:
-    # (B * boxes, PART_W) fp32 rows. Program (box, b, T group) walks the (box_z, box_y, box_x) tiles of its box.
-    # HAS_IGNORE: voxels labelled IGNORE count in no sum (`keep`); the first T group counts the others (N).
+    # maps: M x (B, C, *S_i) logits, S_i = (D, H, W) / SCALES[i]; y: (B, D*H*W) integer labels or (DENSE) (B, C,
+    # D*H*W) float targets; desc: (T, DESC_WIDTH) int32 rows (mixing.py); cw/cb/aw/ab: fp32 mixing parameters
+    # (reference.py layout); part: (B * boxes, PART_W) fp32 rows; clw: (2, C) fp32 class weights (row 0: CE weight
+    # or BCE pos_weight; read when CLASS_W); smoothing: CE label smoothing (SMOOTHING). Program (box, b, T group)
+    # walks the (box_z, box_y, box_x) tiles of its box. HAS_IGNORE: voxels labelled IGNORE count in no sum
+    # (`keep`). COUNT_N: the first T group sums the CE denominator's share (kept voxels, or their weights).
     BLOCK: tl.constexpr = TZ * TY * TX
     pid, b, prog, bzi, byi, bxi = _program_box(n_by, n_bx)
     t0 = tl.program_id(2) * T_BLOCK
@@ -164,7 +229,12 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
     lx = lane % TX
     tcol = tl.arange(0, T_BLOCK)
     midx = tl.arange(0, BAD_PAD)
-    N_LBL: tl.constexpr = 2 if (SIGMOID and C == 1) else C
+    BINARY: tl.constexpr = (C == 1) and (ACT != 0)
+    N_LBL: tl.constexpr = 2 if BINARY else C
+    if CLASS_W:
+        cwv = tl.load(clw_ptr + cls, mask=cls < C, other=0.0)
+    else:
+        cwv = tl.zeros([C_PAD], tl.float32)
     acc_i = tl.zeros([C_PAD, T_BLOCK], tl.float32)
     acc_p = tl.zeros([C_PAD, T_BLOCK], tl.float32)
     acc_ce = tl.zeros([T_BLOCK], tl.float32)
@@ -178,14 +248,24 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
         vmask = (pz < D) & (py < H) & (px < W)
         v = (pz * H + py) * W + px
         m2 = cmask & vmask[None, :]
-        y, gf, keep = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID, HAS_IGNORE, IGNORE)
+        y, gf, keep = _labels(y_ptr, b, S, v, vmask, cls, m2, C, BINARY, HAS_IGNORE, IGNORE, DENSE)
         xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
         mk = cmask & keep[None, :]
         if t0 == 0:  # the first T group counts labels and bad inputs
-            acc_bad += tl.where(midx == M, tl.sum((keep & ((y < 0) | (y >= N_LBL))).to(tl.float32), axis=0), 0.0)
-            acc_g += tl.sum(gf, axis=1)
-            if HAS_IGNORE:
-                acc_n += keep.to(tl.float32)
+            if not DENSE:
+                acc_bad += tl.where(midx == M, tl.sum((keep & ((y < 0) | (y >= N_LBL))).to(tl.float32), axis=0),
+                                    0.0)
+            if DENSE and SQUARED:
+                acc_g += tl.sum(gf * gf, axis=1)
+            elif DENSE and SOFT_DICE:
+                acc_g += tl.sum(tl.abs(gf), axis=1)
+            else:
+                acc_g += tl.sum(gf, axis=1)
+            if COUNT_N:
+                if CLASS_W and not CE_BCE and not DENSE:  # torch's weighted mean: divided by sum of w[label]
+                    acc_n += tl.sum(gf * cwv[:, None], axis=0)
+                else:
+                    acc_n += keep.to(tl.float32)
             for i in tl.static_range(M):
                 if SCALES[i][0] * SCALES[i][1] * SCALES[i][2] == 1:
                     xb = xs[i]
@@ -202,14 +282,12 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
         for t in range(t0, tl.minimum(t0 + T_BLOCK, T)):
             z, _mx, _den = mix(desc_ptr + t * DESC_WIDTH, xs, maps, cw_ptr, cb_ptr, aw_ptr, ab_ptr, cls, b, v, vmask, S,
                                M, C, BLOCK, OPS_MASK, SCALES)
-            p, ce = _probs(z, gf, cmask, SIGMOID)
+            p, ce, _dce = _probs(z, gf, cmask, cwv, smoothing, C, ACT, CE_BCE, CLASS_W, SMOOTHING, DENSE)
             p = tl.where(mk, p, 0.0)
             here = tcol[None, :] == t - t0
-            acc_i += tl.where(here, tl.sum(p * gf, axis=1)[:, None], 0.0)
-            if SQUARED:
-                acc_p += tl.where(here, tl.sum(p * p, axis=1)[:, None], 0.0)
-            else:
-                acc_p += tl.where(here, tl.sum(p, axis=1)[:, None], 0.0)
+            di, dpp = _dice_sums(p, gf, SQUARED, SOFT_DICE)
+            acc_i += tl.where(here, tl.sum(di, axis=1)[:, None], 0.0)
+            acc_p += tl.where(here, tl.sum(dpp, axis=1)[:, None], 0.0)
             acc_ce += tl.where(tcol == t - t0, tl.sum(tl.where(keep, ce, 0.0), axis=0), 0.0)
     base = part_ptr + prog * PART_W
     ct = cls[:, None] * T + t0 + tcol[None, :]
@@ -220,38 +298,80 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
     if t0 == 0:
         tl.store(base + PART_G + cls, acc_g, mask=cls < C)
         tl.store(base + PART_BAD + midx, acc_bad, mask=midx <= M)
-        if HAS_IGNORE:
+        if COUNT_N:
             tl.store(base + PART_N, tl.sum(acc_n, axis=0))
 
 
 # ----------------------------------------------------------------------------- finalize
 @triton.jit
-def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, B, n_chunks, n_ce,
+def _dice_den(i, p, g, smooth_dr, JACCARD: tl.constexpr):
+    """The Dice denominator ``P + G`` (Jaccard: ``2 (P + G - I)``) plus smooth_dr, per (class, map)."""
+    if JACCARD:
+        return 2.0 * (p + g[:, None] - i) + smooth_dr
+    return p + g[:, None] + smooth_dr
+
+
+@triton.jit
+def _dice_chain(i, p, g, incl, cls_w, w_t, div, smooth_nr, smooth_dr, cbase, ctT, ctm, T: tl.constexpr,
+                C: tl.constexpr, JACCARD: tl.constexpr, REDUCE: tl.constexpr):
+    """Store the Dice chain coefficients of one (class, map) block of sums ``i, p, g``: plane 0 ``A = dL/dI``,
+    plane 1 ``Bq = dL/dP`` (L: the weighted Dice of the loss, ``incl`` the included classes, ``w_t``
+    each map's weight, ``div`` the mean's divisor); REDUCE == 2 also plane 2, the class-weighted Dice terms."""
+    num = 2.0 * i + smooth_nr
+    den = _dice_den(i, p, g, smooth_dr, JACCARD)
+    if REDUCE == 2:  # the terms' own derivatives: neither the map weights nor dice_weight scale them
+        w_t = w_t * 0.0 + 1.0
+    coef = tl.where(incl, cls_w, 0.0)[:, None] / div * w_t[None, :]
+    r = tl.where(incl[:, None], num / (den * den), 0.0)
+    den = tl.where(incl[:, None], den, 1.0)
+    if JACCARD:  # dF/dI = -2/den - 2 num/den^2, dF/dP = 2 num/den^2
+        tl.store(cbase + ctT, -coef * (2.0 / den + 2.0 * r), mask=ctm)
+        tl.store(cbase + T * C + ctT, coef * (2.0 * r), mask=ctm)
+    else:  # dF/dI = -2/den, dF/dP = num/den^2
+        tl.store(cbase + ctT, -coef * 2.0 / den, mask=ctm)
+        tl.store(cbase + T * C + ctT, coef * r, mask=ctm)
+    if REDUCE == 2:
+        tl.store(cbase + 2 * T * C + ctT, tl.where(incl[:, None], cls_w[:, None] * (1.0 - num / den), 0.0), mask=ctm)
+
+
+@triton.jit
+def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, clw_ptr, B, n_chunks, n_ce,
                          ce_weight, dice_weight, smooth_nr, smooth_dr,
                          M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
                          T_BLOCK: tl.constexpr, BAD_PAD: tl.constexpr, WEIGHT_MODE: tl.constexpr,
-                         PER_SAMPLE: tl.constexpr, INCLUDE_BG: tl.constexpr, HAS_IGNORE: tl.constexpr,
-                         CE_PER_VOXEL: tl.constexpr,
+                         PER_SAMPLE: tl.constexpr, INCLUDE_BG: tl.constexpr, COUNT_N: tl.constexpr,
+                         CE_PER_VOXEL: tl.constexpr, CLASS_W: tl.constexpr, JACCARD: tl.constexpr,
+                         REDUCE: tl.constexpr, COEF_PLANES: tl.constexpr,
                          PART_W: tl.constexpr, PART_I: tl.constexpr, PART_P: tl.constexpr, PART_G: tl.constexpr,
                          PART_CE: tl.constexpr, PART_BAD: tl.constexpr, PART_N: tl.constexpr,
                          RES_PER_MAP: tl.constexpr, RES_CE: tl.constexpr, RES_DICE: tl.constexpr,
                          RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr, RES_BAD: tl.constexpr):
-    # part: (B * n_chunks, PART_W) fp32; w: (T,) raw weights; res: ResultVector; coef: (B or 1, 2, T, C) fp32.
-    # n_ce: the CE denominator; with HAS_IGNORE it is counted here instead (N of every row x CE_PER_VOXEL terms)
+    # part: (B * n_chunks, PART_W) fp32; w: (T,) raw weights; res: ResultVector; coef: (B or 1, COEF_PLANES, T, C)
+    # fp32; clw: (2, C) fp32 class weights (row 1: Dice, read when CLASS_W). n_ce: the CE denominator; with
+    # COUNT_N it is summed here instead (N of every row x CE_PER_VOXEL terms). REDUCE: 0 mean, 1 sum (Dice terms
+    # summed, n_ce 1), 2 none (sum, and plane 2 of coef holds each (sample, map, class) Dice term)
     cls = tl.arange(0, C_PAD)
     if INCLUDE_BG or C == 1:
         incl = cls < C
     else:
         incl = (cls < C) & (cls >= 1)
-    inclf = incl.to(tl.float32)
-    n_incl = tl.sum(inclf, axis=0)
+    n_incl = tl.sum(incl.to(tl.float32), axis=0)
+    if CLASS_W:
+        cls_w = tl.load(clw_ptr + C + cls, mask=cls < C, other=0.0)
+    else:
+        cls_w = tl.where(cls < C, 1.0, 0.0)
+    inclf = tl.where(incl, cls_w, 0.0)
     zero = tl.sum(tl.zeros([T_BLOCK], tl.float32), axis=0)  # an fp32 scalar
     zsum = zero + 1.0
-    if HAS_IGNORE:  # the voxels that count, in a fixed order; at least 1 (no voxel: CE and its gradient are 0)
+    if REDUCE == 0:
+        n_div = n_incl
+    else:
+        n_div = zero + 1.0
+    if COUNT_N:  # the CE denominator, in a fixed order; none (no voxel, zero weights): CE and its gradient are 0
         kept = zero
         for r in range(B * n_chunks):
             kept += tl.load(part_ptr + r * PART_W + PART_N)
-        n_ce = tl.maximum(kept * CE_PER_VOXEL, 1.0)
+        n_ce = tl.where(kept > 0, kept * CE_PER_VOXEL, 1.0)
     if WEIGHT_MODE == 1:  # normalised weights need the softplus sum over every supervised map first
         zsum = zero
         for t0 in range(0, T, T_BLOCK):
@@ -283,24 +403,25 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, B, n_chunks, n_ce,
                 acc_g += tl.load(base + PART_G + cls, mask=cls < C, other=0.0)
                 ce_sum += tl.load(base + PART_CE + tcol, mask=tm, other=0.0)
             if PER_SAMPLE:
+                if REDUCE == 0:
+                    div = n_div * B
+                else:
+                    div = n_div
+                _dice_chain(acc_i, acc_p, acc_g, incl, cls_w, om * dice_weight, div, smooth_nr, smooth_dr,
+                            coef_ptr + b * COEF_PLANES * T * C, ctT, ctm, T, C, JACCARD, REDUCE)
                 num = 2.0 * acc_i + smooth_nr
-                den = acc_p + acc_g[:, None] + smooth_dr
-                dice += tl.sum(tl.where(incl[:, None], 1.0 - num / den, 0.0), axis=0) / (n_incl * B)
-                coef = inclf[:, None] / (n_incl * B) * (om * dice_weight)[None, :]
-                cbase = coef_ptr + b * 2 * T * C
-                tl.store(cbase + ctT, -coef * 2.0 / den, mask=ctm)
-                tl.store(cbase + T * C + ctT, coef * num / (den * den), mask=ctm)
+                den = _dice_den(acc_i, acc_p, acc_g, smooth_dr, JACCARD)
+                dice += tl.sum(tl.where(incl[:, None], inclf[:, None] * (1.0 - num / den), 0.0), axis=0) / div
             else:
                 tot_i += acc_i
                 tot_p += acc_p
                 tot_g += acc_g
         if not PER_SAMPLE:
+            _dice_chain(tot_i, tot_p, tot_g, incl, cls_w, om * dice_weight, n_div, smooth_nr, smooth_dr,
+                        coef_ptr, ctT, ctm, T, C, JACCARD, REDUCE)
             num = 2.0 * tot_i + smooth_nr
-            den = tot_p + tot_g[:, None] + smooth_dr
-            dice = tl.sum(tl.where(incl[:, None], 1.0 - num / den, 0.0), axis=0) / n_incl
-            coef = inclf[:, None] / n_incl * (om * dice_weight)[None, :]
-            tl.store(coef_ptr + ctT, -coef * 2.0 / den, mask=ctm)
-            tl.store(coef_ptr + T * C + ctT, coef * num / (den * den), mask=ctm)
+            den = _dice_den(tot_i, tot_p, tot_g, smooth_dr, JACCARD)
+            dice = tl.sum(tl.where(incl[:, None], inclf[:, None] * (1.0 - num / den), 0.0), axis=0) / n_div
         ce = ce_sum / n_ce
         per_map = tl.where(tm, ce_weight * ce + dice_weight * dice, 0.0)
         loss += tl.sum(om * per_map, axis=0)
@@ -414,20 +535,22 @@ def _scatter_coarse(slab_ptr, g, p, cls, cmask, tz, ty, tx, bz0, by0, bx0, D, H,
 
 @triton.jit
 def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_ptr, coef_ptr, gout_ptr,
-                     outs, gw_ptr, pg_ptr,
+                     outs, gw_ptr, pg_ptr, clw_ptr, smoothing,
                      D, H, W, box_z, box_y, box_x, n_by, n_bx,
                      M: tl.constexpr, C: tl.constexpr, C_PAD: tl.constexpr, T: tl.constexpr,
-                     T_BLOCK: tl.constexpr, SIGMOID: tl.constexpr, SQUARED: tl.constexpr, PER_SAMPLE: tl.constexpr,
+                     T_BLOCK: tl.constexpr, ACT: tl.constexpr, CE_BCE: tl.constexpr, SQUARED: tl.constexpr,
+                     PER_SAMPLE: tl.constexpr,
                      CONCAT_GRAD: tl.constexpr, OPS_MASK: tl.constexpr, SCALES: tl.constexpr, NCELLS: tl.constexpr,
                      NEAREST: tl.constexpr, ANY_COARSE: tl.constexpr, DOT_REDUCE: tl.constexpr, TZ: tl.constexpr,
                      TY: tl.constexpr, TX: tl.constexpr, HAS_IGNORE: tl.constexpr, IGNORE: tl.constexpr,
-                     RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr,
+                     DENSE: tl.constexpr, SOFT_DICE: tl.constexpr, CLASS_W: tl.constexpr, SMOOTHING: tl.constexpr,
+                     COEF_PLANES: tl.constexpr, RES_DW: tl.constexpr, RES_CE_SCALE: tl.constexpr,
                      PG_CB: tl.constexpr, PG_AW: tl.constexpr, PG_AB: tl.constexpr, PG_SIZE: tl.constexpr):
     # maps: M x (B, C, *S_i) logits; outs: per map, its gradient (B, C, *S) (logits dtype) for a map at the label
     # size, else its fp32 slabs (B * boxes, C, ez, ey, ex) (the gradient itself with one box per sample, fp32);
-    # res: ResultVector; coef: (B or 1, 2, T, C); gout: (1,) upstream grad; gw: (T,) fp32; pg: (B * boxes,
-    # PG_SIZE) fp32 zeros, one private row of parameter-gradient slots per program (ParamGradLayout). Voxels
-    # labelled IGNORE (HAS_IGNORE) get a zero gradient (written, like every voxel of the tile).
+    # res: ResultVector; coef: (B or 1, COEF_PLANES, T, C); gout: (1,) upstream grad; gw: (T,) fp32; pg: (B * boxes,
+    # PG_SIZE) fp32 zeros, one private row of parameter-gradient slots per program (ParamGradLayout); y, clw,
+    # smoothing as pass 1. Voxels labelled IGNORE (HAS_IGNORE) get a zero gradient (written, like every voxel).
     BLOCK: tl.constexpr = TZ * TY * TX
     pid, b, prog, bzi, byi, bxi = _program_box(n_by, n_bx)
     S = D * H * W
@@ -444,9 +567,14 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
             tl.store(gw_ptr + tcol, gout * tl.load(res_ptr + RES_DW + tcol, mask=tcol < T, other=0.0),
                      mask=tcol < T)
     if PER_SAMPLE:
-        cbase = coef_ptr + b * 2 * T * C
+        cbase = coef_ptr + b * COEF_PLANES * T * C
     else:
         cbase = coef_ptr
+    BINARY: tl.constexpr = (C == 1) and (ACT != 0)
+    if CLASS_W:
+        cwv = tl.load(clw_ptr + cls, mask=cls < C, other=0.0)
+    else:
+        cwv = tl.zeros([C_PAD], tl.float32)
     row = (b * C + cls[:, None]) * S
     pg_base = pg_ptr + prog * PG_SIZE
     for it in range(box_z * box_y * box_x):
@@ -459,7 +587,7 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
         vmask = (pz < D) & (py < H) & (px < W)
         v = (pz * H + py) * W + px
         m2 = cmask & vmask[None, :]
-        _y, gf, keep = _labels(y_ptr, b, S, v, vmask, cls, m2, C, SIGMOID, HAS_IGNORE, IGNORE)
+        _y, gf, keep = _labels(y_ptr, b, S, v, vmask, cls, m2, C, BINARY, HAS_IGNORE, IGNORE, DENSE)
         xs = load_maps(maps, b, cls, pz, py, px, v, m2, D, H, W, M, C, SCALES, NEAREST)
         mk = m2 & keep[None, :]
         gs = ()
@@ -472,7 +600,8 @@ def _mll_grad_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, res_
             a_c = tl.load(cbase + t * C + cls, mask=cls < C, other=0.0) * gout
             b_c = tl.load(cbase + T * C + t * C + cls, mask=cls < C, other=0.0) * gout
             ce_scale = tl.load(res_ptr + RES_CE_SCALE + t) * gout
-            dz = _dlogits(z, gf, mk, cmask, a_c, b_c, ce_scale, SIGMOID, SQUARED)
+            dz = _dlogits(z, gf, mk, cmask, a_c, b_c, ce_scale, cwv, smoothing, C, ACT, CE_BCE, CLASS_W, SMOOTHING,
+                          DENSE, SQUARED, SOFT_DICE)
             gs = mix_grad(desc, dz, xs, gs, cw_ptr, aw_ptr, ab_ptr, mx, den, pg_base, cls,
                           M, C, BLOCK, OPS_MASK, CONCAT_GRAD, PG_CB, PG_AW, PG_AB)
         for i in tl.static_range(M):
@@ -576,6 +705,22 @@ def _ignore(ignore_index) -> dict:
     return dict(HAS_IGNORE=ignore_index is not None, IGNORE=0 if ignore_index is None else int(ignore_index))
 
 
+ACT_CODE = {"softmax": 0, "sigmoid": 1, "none": 2}
+
+
+def _voxel_options(target, class_weights, activation, ce_bce, squared, label_smoothing, soft_label) -> dict:
+    """The per-voxel loss options of pass 1 and pass 2: constexprs, the class weights' pointer (a placeholder,
+    never read, without) and the label smoothing."""
+    clw = class_weights if class_weights is not None else torch.empty(1, dtype=torch.float32, device=target.device)
+    return dict(clw_ptr=clw, smoothing=float(label_smoothing), ACT=ACT_CODE[activation], CE_BCE=bool(ce_bce),
+                DENSE=target.is_floating_point(), SOFT_DICE=bool(soft_label) and not squared,
+                CLASS_W=class_weights is not None, SMOOTHING=label_smoothing > 0)
+
+
+def _label_size(maps, target) -> tuple:
+    return tuple(target.shape[-(maps[0].dim() - 2):])
+
+
 def _params(cw, cb, aw, ab, device):
     """The four mixing parameters; a 1-element placeholder (never read) for an operator not in use."""
     if all(t is not None for t in (cw, cb, aw, ab)):
@@ -584,17 +729,21 @@ def _params(cw, cb, aw, ab, device):
     return [dummy if t is None else t for t in (cw, cb, aw, ab)]
 
 
-def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, ce_weight, dice_weight,
-                sigmoid, squared, batch, include_background, smooth_nr, smooth_dr, upsample="linear",
-                ignore_index=None):
+def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, class_weights=None, *, weight_mode, ce_weight,
+                dice_weight, activation, ce_bce, squared, batch, include_background, smooth_nr, smooth_dr,
+                upsample="linear", ignore_index=None, label_smoothing=0.0, soft_label=False, jaccard=False,
+                reduction="mean"):
     """Pass 1 + finalize. ``maps``: M contiguous ``(B, C, *S_i)`` tensors of one dtype, each at the label size
     ``S`` divided by an integer factor per axis (read at their own resolution, upsampled in registers);
-    ``target`` ``(B, *S)`` contiguous integer labels (``ignore_index``: a label that counts nowhere, or None);
-    parameters fp32 contiguous. Returns ``(res, coef)``:
-    ``res`` a :class:`.layout.ResultVector`, ``coef`` ``(B or 1, 2, T, C)`` fp32."""
+    ``target`` ``(B, *S)`` contiguous integer labels (``ignore_index``: a label that counts nowhere, or None) or
+    ``(B, C, *S)`` contiguous float targets; parameters and ``class_weights`` ``(2, C)`` fp32 contiguous. Returns
+    ``(res, coef)``: ``res`` a :class:`.layout.ResultVector`, ``coef`` :func:`.layout.coef_shape` fp32."""
     M, B, C, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
     dev = maps[0].device
-    geo = _geometry(maps, target.shape[1:], B, C_PAD, upsample == "nearest")
+    geo = _geometry(maps, _label_size(maps, target), B, C_PAD, upsample == "nearest")
+    voxel = _voxel_options(target, class_weights, activation, ce_bce, squared, label_smoothing, soft_label)
+    mean = reduction == "mean"
+    count_n = mean and (ignore_index is not None or (class_weights is not None and not ce_bce and not voxel["DENSE"]))
     part_row, result = PartialRow(C, T, M), ResultVector(T, M)
     bad_pad = triton.next_power_of_2(M + 1)
     part = torch.empty(B * geo.boxes, part_row.width, dtype=torch.float32, device=dev)
@@ -602,28 +751,37 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, *, weight_mode, 
     _mll_stats_kernel[(geo.boxes, B, triton.cdiv(T, T_BLOCK))](
         maps=tuple(maps), y_ptr=target, desc_ptr=descriptors(M, ops, dev), cw_ptr=cw, cb_ptr=cb, aw_ptr=aw,
         ab_ptr=ab, part_ptr=part, **_launch_geometry(geo),
-        M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, SIGMOID=sigmoid, SQUARED=squared,
-        OPS_MASK=ops_mask(ops), **_ignore(ignore_index), **part_row.constexprs(), num_warps=NUM_WARPS)
+        M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, SQUARED=squared,
+        OPS_MASK=ops_mask(ops), **_ignore(ignore_index), **voxel, COUNT_N=count_n, **part_row.constexprs(),
+        num_warps=NUM_WARPS)
     res = torch.empty(result.size, dtype=torch.float32, device=dev)
-    coef = torch.empty(1 if batch else B, 2, T, C, dtype=torch.float32, device=dev)
+    coef = torch.empty(coef_shape(B, T, C, batch, reduction), dtype=torch.float32, device=dev)
     _mll_finalize_kernel[(1,)](
-        part_ptr=part, w_ptr=raw_weights, res_ptr=res, coef_ptr=coef, B=B, n_chunks=geo.boxes,
-        n_ce=float(B * geo.voxels * (C if sigmoid else 1)), ce_weight=float(ce_weight),
-        dice_weight=float(dice_weight), smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr),
+        part_ptr=part, w_ptr=raw_weights, res_ptr=res, coef_ptr=coef, clw_ptr=voxel["clw_ptr"], B=B,
+        n_chunks=geo.boxes, n_ce=float(B * geo.voxels * (C if ce_bce else 1)) if mean else 1.0,
+        ce_weight=float(ce_weight), dice_weight=float(dice_weight), smooth_nr=float(smooth_nr),
+        smooth_dr=float(smooth_dr),
         M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, WEIGHT_MODE=WEIGHT_CODE[weight_mode],
-        PER_SAMPLE=not batch, INCLUDE_BG=include_background, HAS_IGNORE=ignore_index is not None,
-        CE_PER_VOXEL=C if sigmoid else 1, **part_row.constexprs(), **result.constexprs(), num_warps=8)
+        PER_SAMPLE=not batch, INCLUDE_BG=include_background, COUNT_N=count_n, CE_PER_VOXEL=C if ce_bce else 1,
+        CLASS_W=class_weights is not None, JACCARD=bool(jaccard), REDUCE=REDUCE_CODE[reduction],
+        COEF_PLANES=coef.shape[1], **part_row.constexprs(), **result.constexprs(), num_warps=8)
     return res, coef
 
 
-def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, coef, *, sigmoid, squared,
-                 batch, concat_grad, upsample="linear", ignore_index=None):
+def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, coef, class_weights=None, *,
+                 activation, ce_bce, squared, batch, concat_grad, upsample="linear", ignore_index=None,
+                 label_smoothing=0.0, soft_label=False, reduction="mean"):
     """Pass 2 (+ the gather of coarse maps' partial sums when a sample has several programs, or the logits
-    are not fp32). Returns ``(grads: M tensors like maps, grad_raw_weights (T,) fp32, grad_params (PG_SIZE,)
-    fp32)``."""
+    are not fp32). ``grad_out``: ``(1,)``, or with ``reduction="none"`` the ``(B or 1, T, C)`` gradient of the
+    Dice terms (folded into the chain coefficients here). Returns ``(grads: M tensors like maps,
+    grad_raw_weights (T,) fp32, grad_params (PG_SIZE,) fp32)``."""
     M, B, C, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
     dev = maps[0].device
-    geo = _geometry(maps, target.shape[1:], B, C_PAD, upsample == "nearest")
+    geo = _geometry(maps, _label_size(maps, target), B, C_PAD, upsample == "nearest")
+    voxel = _voxel_options(target, class_weights, activation, ce_bce, squared, label_smoothing, soft_label)
+    if reduction == "none":  # d/dz sum_btc g_btc term_btc: each (b, t, c) chain coefficient times its g
+        coef = (coef[:, :2] * grad_out.float()[:, None]).contiguous()
+        grad_out = torch.ones(1, dtype=torch.float32, device=dev)
     pg_layout = ParamGradLayout(M, C)
     param_grad = ("concat" in ops and concat_grad) or "attention" in ops
     grads = tuple(torch.empty_like(x) for x in maps)
@@ -641,7 +799,8 @@ def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, 
         maps=tuple(maps), y_ptr=target, desc_ptr=descriptors(M, ops, dev), cw_ptr=cw, cb_ptr=cb, aw_ptr=aw,
         ab_ptr=ab, res_ptr=res, coef_ptr=coef, gout_ptr=grad_out, outs=outs, gw_ptr=gw, pg_ptr=pg,
         **_launch_geometry(geo),
-        M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, SIGMOID=sigmoid, SQUARED=squared, PER_SAMPLE=not batch,
+        M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, SQUARED=squared, PER_SAMPLE=not batch, **voxel,
+        COEF_PLANES=coef.shape[1],
         CONCAT_GRAD=concat_grad and "concat" in ops, OPS_MASK=ops_mask(ops),
         NCELLS=tuple(geo.cells_per_tile(i) for i in range(M)), ANY_COARSE=geo.any_coarse,
         DOT_REDUCE=geo.reduce_products(C_PAD) > DOT_REDUCE_ABOVE,

@@ -146,8 +146,10 @@ def test_bad_shapes_raise():
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12), torch.randn(2, 3, 3, 5)], y, torch.zeros(2))
     with pytest.raises(ValueError, match="raw_weights must have shape"):
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12)] * 3, y, torch.zeros(2), ops=("add",))
-    with pytest.raises(TypeError, match="target must have dtype in \\(uint8"):
+    with pytest.raises(ValueError, match="a float target holds one-hot / soft targets and must be \\(B, C"):
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12)], y.float(), torch.zeros(1))
+    with pytest.raises(TypeError, match="target must have dtype in \\(uint8"):
+        multi_logit_dice_ce([torch.randn(2, 3, 8, 12)], y.bool(), torch.zeros(1))
     with pytest.raises(ValueError, match="ops must be one of"):
         multi_logit_dice_ce([torch.randn(2, 3, 8, 12)] * 2, y, torch.zeros(3), ops=("ad",))
     with pytest.raises(ValueError, match="concat_weight is required"):

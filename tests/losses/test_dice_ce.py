@@ -1,4 +1,5 @@
-"""Single-map Dice + CE against MONAI's DiceCELoss (loss and gradient) and the LGMSNet BCE + Dice."""
+"""Single-map Dice + CE against MONAI's DiceCELoss (loss and gradient) and the LGMSNet BCE + Dice (MONAI's own test
+cases: test_monai_cases.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,45 +108,48 @@ def test_deep_supervision_order_end_to_end():
 def test_constructor_errors():
     with pytest.raises(ValueError, match="exactly one of sigmoid / softmax"):
         DiceCELoss(sigmoid=True, softmax=True)
-    with pytest.raises(ValueError, match="to_onehot_y=False"):
-        DiceCELoss(to_onehot_y=False)
-    with pytest.raises(ValueError, match="to_onehot_y=False needs a single sigmoid channel"):
+    with pytest.raises(ValueError, match=r"without one-hot encoding \(to_onehot_y=False\) the target holds one "
+                                         r"channel per class, \(B, 2, \*spatial\)"):
         DiceCELoss(to_onehot_y=False, sigmoid=True, softmax=False)(torch.randn(1, 2, 4, 4), torch.zeros(1, 1, 4, 4))
     with pytest.raises(ValueError, match="4 values that are not integer labels"):
         DiceCELoss()(torch.randn(1, 2, 4, 4), torch.tensor([0.0, 1.0, 0.5, 1.0]).repeat(1, 1, 4, 1))
 
 
-# MONAI's own DiceLoss / DiceCELoss test cases (Project-MONAI/MONAI tests/losses/test_dice_loss.py, Apache-2.0)
-# whose options segfuse has: 1-D (B, C, N) inputs and float 0/1 or integer-valued targets; the Dice-only ones
-# run with lambda_ce=0. (options, input, target, MONAI's expected value)
-MONAI_DICE_CASES = {
-    "sigmoid-1ch-smooth-1e-6": (dict(include_background=True, sigmoid=True, smooth_nr=1e-6, smooth_dr=1e-6),
-                                [[[[1.0, -1.0], [-1.0, 1.0]]]], [[[[1.0, 0.0], [1.0, 1.0]]]], 0.307576),
-    "sigmoid-1ch-batch-of-2": (dict(include_background=True, sigmoid=True, smooth_nr=1e-4, smooth_dr=1e-4),
-                               [[[[1.0, -1.0], [-1.0, 1.0]]], [[[1.0, -1.0], [-1.0, 1.0]]]],
-                               [[[[1.0, 1.0], [1.0, 1.0]]], [[[1.0, 0.0], [1.0, 0.0]]]], 0.416657),
-    "1d-onehot-sigmoid": (dict(include_background=True, to_onehot_y=True, sigmoid=True, smooth_nr=1e-4,
-                               smooth_dr=1e-4),
-                          [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]],
-                          [[[1.0, 0.0, 0.0]], [[1.0, 1.0, 0.0]]], 0.435050),
-    "1d-onehot-softmax": (dict(include_background=True, to_onehot_y=True, softmax=True, smooth_nr=1e-4,
-                               smooth_dr=1e-4),
-                          [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]],
-                          [[[1.0, 0.0, 0.0]], [[1.0, 1.0, 0.0]]], 0.383713),
-    "sigmoid-1ch-squared": (dict(include_background=True, sigmoid=True, squared_pred=True),
-                            [[[[1.0, -1.0], [-1.0, 1.0]]]], [[[[1.0, 0.0], [1.0, 1.0]]]], 0.178337),
+# MONAI's options that run in the fused kernels (class weights, label smoothing, one-hot / soft targets, no
+# activation, other_act, the MONAI CE convention for sigmoid with C > 1, Jaccard, "sum"): loss and input gradient
+# against MONAI's DiceCELoss itself. (target kind: "labels" (B, 1, ...) with to_onehot_y, "onehot", "soft")
+W4 = [0.3, 1.0, 2.0, 0.6]
+MONAI_OPTION_CONFIGS = {
+    "weights-softmax": (dict(softmax=True, weight=W4), "labels"),
+    "weights-no-bg-batch": (dict(softmax=True, weight=W4, include_background=False, batch=True), "labels"),
+    "label-smoothing-weights": (dict(softmax=True, weight=W4, label_smoothing=0.15), "labels"),
+    "onehot-targets-no-activation": (dict(), "onehot"),
+    "soft-targets-softmax-smoothing": (dict(softmax=True, label_smoothing=0.1), "soft"),
+    "other-act-tanh": (dict(other_act=torch.tanh, weight=W4), "labels"),
+    "sigmoid-monai-softmax-ce": (dict(sigmoid=True, weight=W4, multilabel_ce="softmax"), "labels"),
+    "jaccard-squared": (dict(softmax=True, jaccard=True, squared_pred=True), "labels"),
+    "reduction-sum-weights": (dict(softmax=True, reduction="sum", weight=W4, lambda_ce=0.4), "labels"),
 }
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
-@pytest.mark.parametrize("case", list(MONAI_DICE_CASES))
-def test_monai_dice_loss_cases(case, backend):
-    opts, x, y, want = MONAI_DICE_CASES[case]
-    opts = dict(opts)
-    sigmoid = opts.pop("sigmoid", False)
-    opts.pop("softmax", None)
-    opts.setdefault("to_onehot_y", False)
+@pytest.mark.parametrize("name", list(MONAI_OPTION_CONFIGS))
+def test_matches_monai_options(name, backend):
+    opts, kind = MONAI_OPTION_CONFIGS[name]
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 7, 9, generator=g) * 2
+    labels = torch.randint(0, 4, (2, 1, 7, 9), generator=g)
+    if kind == "labels":
+        y, onehot = labels, dict(to_onehot_y=True)
+    else:
+        y = F.one_hot(labels[:, 0], 4).movedim(-1, 1).float()
+        if kind == "soft":
+            y = 0.8 * y + 0.2 * torch.rand(y.shape, generator=g)
+        onehot = dict(to_onehot_y=False)
+    mine = {**dict(sigmoid=False, softmax=False), **onehot, **opts}
+    theirs = {k: (torch.tensor(v) if k == "weight" else v) for k, v in {**onehot, **opts}.items()
+              if k != "multilabel_ce"}
     with force_backend(backend):
-        got = DiceCELoss(sigmoid=sigmoid, softmax=not sigmoid, lambda_ce=0.0, **opts)(torch.tensor(x),
-                                                                                     torch.tensor(y))
-    assert abs(got.item() - want) < 1e-4 * max(1.0, abs(want)), (got.item(), want)
+        la, lb, ga, gb = _grad_pair(DiceCELoss(**mine), monai_losses.DiceCELoss(**theirs), x, y, y)
+    assert_verbose_allclose(la, lb, atol=1e-5, rtol=1e-5, name="loss")
+    assert_verbose_allclose(ga, gb, atol=1e-6 * gb.abs().max().item(), rtol=1e-4, name="grad")
