@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes incl. background (default: from dataset.json next to --labels, or max label + 1)")
     p.add_argument("--no-hd95", action="store_true", help="Dice only (faster)")
+    p.add_argument("--hd95-convention", default="medpy", choices=("medpy", "monai"),
+                   help="medpy: both directions' distances pooled, one empty mask = image diagonal; monai: the "
+                        "larger one-way 95th percentile, one empty mask = NaN (default medpy)")
     p.add_argument("--no-overlays", action="store_true",
                    help="skip the per-case overlay PNGs (OUT/overlays/CASE.png: image, ground truth and prediction contours)")
     p.add_argument("--out", default=None, help="folder for metrics.csv / summary.csv (default: the predictions')")
@@ -49,7 +52,7 @@ def run(args) -> int:
         raise ValueError("give --pred and --labels (or --run)")
     result = evaluate(args.run, pred=args.pred, labels=args.labels, split=args.split, checkpoint=args.checkpoint,
                       tta=args.tta, num_classes=args.num_classes, hd95=not args.no_hd95, out=args.out,
-                      device=args.device, overlays=not args.no_overlays)
+                      device=args.device, overlays=not args.no_overlays, hd95_convention=args.hd95_convention)
     if result.predictions:
         print(f"predicted {len({r['case'] for r in result.rows})} held-out case(s) into {result.predictions}")
     print(format_table(result.summary))

@@ -42,16 +42,16 @@ class EvaluationResult:
 
 
 def evaluate_arrays(cases: List[tuple], num_classes: int, class_names: Optional[List[str]] = None,
-                    include_hd95: bool = True) -> List[Dict]:
+                    include_hd95: bool = True, hd95_convention: str = "medpy") -> List[Dict]:
     """``cases``: (case_id, pred ``[*S]``, label ``[*S]``, spacing[, mask ``[*S]`` of the voxels to score or
-    None]). Returns rows ``{case, class, name, dice, hd95}``."""
+    None]). Returns rows ``{case, class, name, dice, hd95}`` (``hd95_convention``: :func:`segfuse.metrics.hd95`)."""
     from segfuse.metrics import per_class_metrics
     names = class_names or [str(c) for c in range(num_classes)]
     rows = []
     for case in cases:
         cid, pred, lab, spacing = case[:4]
         mask = case[4] if len(case) > 4 else None
-        m = per_class_metrics(pred, lab, num_classes, spacing, include_hd95, mask)
+        m = per_class_metrics(pred, lab, num_classes, spacing, include_hd95, mask, hd95_convention)
         for c, vals in m.items():
             rows.append({"case": cid, "class": c, "name": names[c], **vals})
     return rows
@@ -180,7 +180,8 @@ def _label_info(dataset_json: str) -> Tuple[Optional[List[str]], Optional[int], 
 
 def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = None, split: str = "auto",
              checkpoint: str = "last", tta: bool = False, num_classes: Optional[int] = None, hd95: bool = True,
-             out: Optional[str] = None, device: str = "auto", overlays: bool = True) -> EvaluationResult:
+             out: Optional[str] = None, device: str = "auto", overlays: bool = True,
+             hd95_convention: str = "medpy") -> EvaluationResult:
     """Per-case, per-class Dice (and HD95) of predictions against labels, in the labels' grid (voxels of the
     ignore label scored for no class); writes ``metrics.csv``,
     ``summary.csv`` and (``overlays``) one PNG per case in ``overlays/`` (:mod:`segfuse.overlays`: a few
@@ -194,6 +195,9 @@ def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = No
         num_classes: with ``pred``/``labels``: classes incl. background (default: from the
             ``dataset.json`` beside ``labels``, else max label + 1).
         hd95: also compute HD95 (mm); False: Dice only (faster).
+        hd95_convention: "medpy" (default: both directions pooled, as medpy's ``hd95``; one empty mask: the image
+            diagonal) or "monai" (MONAI's ``compute_hausdorff_distance(percentile=95)``: the larger one-way
+            percentile; one empty mask: NaN, left out of the means).
         out: folder for the CSVs and ``overlays/`` (default: the predictions' folder).
         overlays: write the per-case overlay PNGs.
 
@@ -201,7 +205,10 @@ def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = No
         >>> segfuse.evaluate("runs/quick").mean_dice
         >>> segfuse.evaluate(pred="preds", labels="data/labelsTs").summary
     """
+    from segfuse.metrics import HD95_CONVENTIONS
     from segfuse.runs import as_run, write_csv
+    if hd95_convention not in HD95_CONVENTIONS:
+        raise ValueError(f"hd95_convention must be one of {HD95_CONVENTIONS}, got {hd95_convention!r}")
     if run is not None:
         if pred or labels:
             raise ValueError("give either run or pred/labels, not both")
@@ -221,7 +228,7 @@ def evaluate(run=None, *, pred: Optional[str] = None, labels: Optional[str] = No
         k = num_classes or (len(names) if names else int(max(max(c[1].max(), c[2].max()) for c in cases)) + 1)
         names = names if names and len(names) == k else [str(c) for c in range(k)]
     out_dir = os.fspath(out) if out else pred_dir
-    rows = evaluate_arrays(cases, k, names, include_hd95=hd95)
+    rows = evaluate_arrays(cases, k, names, include_hd95=hd95, hd95_convention=hd95_convention)
     summary = summarize(rows, k, names)
     write_csv(rows, os.path.join(out_dir, "metrics.csv"))
     write_csv(summary, os.path.join(out_dir, "summary.csv"))

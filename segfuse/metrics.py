@@ -8,6 +8,8 @@ Conventions (per class c, computed on one case):
   and gt-surface -> pred-surface, medpy's ``hd95`` convention), distances via scipy's Euclidean
   distance transform with ``sampling=spacing``. Both empty -> NaN. Exactly one empty -> the image
   diagonal in mm (the largest possible distance; BraTS-style penalty instead of an infinite value).
+  ``convention="monai"`` gives MONAI's ``compute_hausdorff_distance(percentile=95)`` instead: the larger of
+  the two one-way 95th percentiles, and NaN when exactly one mask is empty.
 * ``mask`` (optional, every function): the voxels to score. A voxel outside it (nnU-Net's ignore label in
   the reference, or a part of the volume that is not held out) is neither foreground nor background for
   any class, in prediction and reference alike: it is left out of every count, and it makes no surface
@@ -52,10 +54,16 @@ def _surface(mask: np.ndarray, unscored: Optional[np.ndarray] = None) -> np.ndar
                                           border_value=0)
 
 
+HD95_CONVENTIONS = ("medpy", "monai")
+
+
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = None,
-         mask: Optional[np.ndarray] = None) -> float:
+         mask: Optional[np.ndarray] = None, convention: str = "medpy") -> float:
     """95th-percentile symmetric Hausdorff distance (mm) of two boolean masks over the voxels of ``mask``
-    (default all); see module docstring."""
+    (default all); ``convention`` "medpy" (pooled directions, one empty mask: the diagonal) or "monai" (the
+    larger one-way percentile, one empty mask: NaN); see module docstring."""
+    if convention not in HD95_CONVENTIONS:
+        raise ValueError(f"convention must be one of {HD95_CONVENTIONS}, got {convention!r}")
     p, g, m = _scored(np.asarray(pred, bool), np.asarray(gt, bool), mask)
     spacing = tuple(float(s) for s in (spacing or (1.0,) * p.ndim))
     if len(spacing) != p.ndim:
@@ -63,6 +71,8 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = 
     if not p.any() and not g.any():
         return float("nan")
     if not p.any() or not g.any():
+        if convention == "monai":
+            return float("nan")
         return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(p.shape, spacing))))
     # crop to the joint bounding box (+1 voxel) to keep distance transforms small
     idx = np.argwhere(p | g)
@@ -76,15 +86,17 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = 
     sp, sg = (sp if sp.any() else _surface(p)), (sg if sg.any() else _surface(g))
     d_to_g = ndimage.distance_transform_edt(~sg, sampling=spacing)
     d_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    if convention == "monai":
+        return float(max(np.percentile(d_to_g[sp], 95), np.percentile(d_to_p[sg], 95)))
     dists = np.concatenate([d_to_g[sp], d_to_p[sg]])
     return float(np.percentile(dists, 95))
 
 
 def per_class_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int,
                       spacing: Optional[Sequence[float]] = None, include_hd95: bool = True,
-                      mask: Optional[np.ndarray] = None) -> Dict[int, Dict[str, float]]:
+                      mask: Optional[np.ndarray] = None, hd95_convention: str = "medpy") -> Dict[int, Dict[str, float]]:
     """``{class: {"dice": ..., "hd95": ...}}`` for classes 1..num_classes-1 of integer maps ``[*S]``, over the
-    voxels of ``mask`` (default all; e.g. ``gt != ignore_label``)."""
+    voxels of ``mask`` (default all; e.g. ``gt != ignore_label``); ``hd95_convention``: see :func:`hd95`."""
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} != label shape {gt.shape}")
     if mask is not None and np.shape(mask) != pred.shape:
@@ -94,7 +106,7 @@ def per_class_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int,
         p, g = pred == c, gt == c
         out[c] = {"dice": dice_score(p, g, mask)}
         if include_hd95:
-            out[c]["hd95"] = hd95(p, g, spacing, mask)
+            out[c]["hd95"] = hd95(p, g, spacing, mask, hd95_convention)
     return out
 
 
