@@ -30,6 +30,12 @@ Mask terms are computed either
   the ground truth sampled at the same normalised points from the full-resolution masks. Points are drawn
   from torch's global RNG of the logits' device, so ``torch.manual_seed`` makes a run reproducible.
 
+With ``ignore_index`` (nnU-Net's ignore label) an ignored voxel is in no ground-truth mask and counts in no mask
+term, in the matching cost and in the loss: each voxel (or point) carries the fraction ``w`` of it that is scored
+(the area average of the scored map, or its point sample), the targets are the class fractions among the scored
+voxels, BCE is the ``w``-weighted mean and Dice takes ``sum w sigmoid(m)``. A fully ignored voxel thus changes
+nothing; at full resolution the terms are those of the scored voxels alone.
+
 All loss arithmetic runs in fp32 with autocast disabled, whatever the logits' dtype.
 """
 from __future__ import annotations
@@ -66,12 +72,15 @@ def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _check_label_range(name: str, target: torch.Tensor, num_classes: int) -> None:
+def _check_label_range(name: str, target: torch.Tensor, num_classes: int, ignore_index: Optional[int] = None) -> None:
+    if ignore_index is not None:
+        target = target[target != ignore_index]
     if target.numel() == 0:
         return
     lo, hi = int(target.min()), int(target.max())
     if lo < 0 or hi >= num_classes:
-        raise InputValueError(f"{name} holds labels outside [0, num_classes-1] = [0, {num_classes - 1}] "
+        other = "" if ignore_index is None else f" other than ignore_index={ignore_index}"
+        raise InputValueError(f"{name} holds labels{other} outside [0, num_classes-1] = [0, {num_classes - 1}] "
                               f"(num_classes={num_classes}): found values in [{lo}, {hi}]")
 
 
@@ -132,7 +141,8 @@ def point_sample(inp: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return out.reshape(r, inp.shape[1], p)
 
 
-def semantic_targets(target: torch.Tensor, num_classes: int, spatial_dims: Optional[int] = None) -> List[Target]:
+def semantic_targets(target: torch.Tensor, num_classes: int, spatial_dims: Optional[int] = None,
+                     ignore_index: Optional[int] = None) -> List[Target]:
     """Per sample, one binary mask per class present in its label map (background included).
 
     Args:
@@ -141,6 +151,7 @@ def semantic_targets(target: torch.Tensor, num_classes: int, spatial_dims: Optio
         spatial_dims: 2 or 3; when None it is inferred from the rank: rank 3 is ``(N, H, W)``, rank 5 is
             ``(N, 1, D, H, W)``, rank 4 is ``(N, 1, H, W)`` when ``shape[1] == 1`` else ``(N, D, H, W)``
             (pass ``spatial_dims`` to resolve a 3D volume with ``D == 1``).
+        ignore_index: a label of no class (nnU-Net's ignore label): its voxels are in no mask.
 
     Returns:
         list of length N of ``(labels, masks)``: ``labels`` int64 ``[G]`` (ascending class ids present),
@@ -149,11 +160,12 @@ def semantic_targets(target: torch.Tensor, num_classes: int, spatial_dims: Optio
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise InputValueError(f"num_classes must be a positive int, got {num_classes!r}")
     t = _strip_channel(target, spatial_dims)
-    _check_label_range("target", t, num_classes)
+    _check_label_range("target", t, num_classes, ignore_index)
     out = []
     for b in range(t.shape[0]):
         tb = t[b].long()
-        present = torch.bincount(tb.flatten(), minlength=num_classes) > 0
+        kept = tb.flatten() if ignore_index is None else tb.flatten()[tb.flatten() != ignore_index]
+        present = torch.bincount(kept, minlength=num_classes) > 0
         labels = present.nonzero().flatten()
         masks = (tb.unsqueeze(0) == labels.view(-1, *([1] * tb.dim()))).float()
         out.append((labels, masks))
@@ -231,6 +243,20 @@ def _check_targets(targets, n: int, spatial_dims: int, num_columns: int) -> List
     return out
 
 
+def scored_fraction(target: torch.Tensor, ignore_index: Optional[int], spatial_dims: int) -> Optional[torch.Tensor]:
+    """``[N, *S]`` fp32: 1 where the label map is scored, 0 at ``ignore_index`` (None without one)."""
+    if ignore_index is None:
+        return None
+    return (_strip_channel(target, spatial_dims) != ignore_index).float()
+
+
+def _at_scored(t: torch.Tensor, w: Optional[torch.Tensor]) -> torch.Tensor:
+    """Targets as class fractions among the scored voxels: ``t / w`` (0 where nothing is scored)."""
+    if w is None:
+        return t
+    return torch.where(w > 0, t / w.clamp_min(1e-12), torch.zeros_like(t))
+
+
 # ----------------------------------------------------------------------------- matcher
 class HungarianMatcher(nn.Module):
     """Bipartite matching of predicted (class, mask) pairs to ground-truth masks (Mask2Former's matcher).
@@ -254,7 +280,7 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def cost_matrices(self, class_logits: torch.Tensor, mask_logits: torch.Tensor,
-                      targets: Sequence[Target]) -> List[torch.Tensor]:
+                      targets: Sequence[Target], scored: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Per sample the fp32 cost ``[Q, G_b]`` (see the class docstring).
 
         Args:
@@ -262,6 +288,8 @@ class HungarianMatcher(nn.Module):
             mask_logits: ``[N, Q, *S_pred]``, 2 or 3 spatial dims.
             targets: N pairs ``(labels [G_b] int, masks [G_b, *S])`` (:func:`semantic_targets`); in dense
                 mode ``S`` must be ``S_pred`` times integer factors.
+            scored: ``[N, *S]`` fp32, 1 where the label map is scored (:func:`scored_fraction`), or None: the
+                mask terms then weigh each voxel / point by its scored fraction (module docstring).
         """
         n, _, d = _check_logits(class_logits, mask_logits, "class_logits", "mask_logits")
         targets = _check_targets(targets, n, d, class_logits.shape[-1])
@@ -272,42 +300,60 @@ class HungarianMatcher(nn.Module):
                 check_same(f"targets[{b}] masks", masks, "mask_logits", mask_logits, dtype=False)
                 logits = mask_logits[b].float()  # [Q, *S_pred]
                 tgt = masks.float()
+                w = None
                 if self.num_points is None:
                     tgt = downsample_masks(tgt, logits.shape[1:], f"mask_logits (sample {b})")
                     x, t = logits.flatten(1), tgt.flatten(1)  # [Q, V], [G, V]
+                    if scored is not None:
+                        w = downsample_masks(scored[b][None], logits.shape[1:], "mask_logits").flatten(1)  # [1, V]
                 else:
                     coords = torch.rand(1, self.num_points, d, device=logits.device)
                     x = point_sample(logits.unsqueeze(0), coords)[0]  # [Q, P]
                     t = point_sample(tgt.unsqueeze(0), coords)[0]  # [G, P]
-                v = x.shape[1]
+                    if scored is not None:
+                        w = point_sample(scored[b][None, None], coords)[0]  # [1, P]
                 cost_class = -prob[b][:, labels.long()]  # [Q, G]
-                # BCE(x, t) = softplus(x) - x t (exact for soft t too): mean over voxels without a [Q, G, V] tensor
-                cost_bce = (F.softplus(x).sum(1, keepdim=True) - x @ t.t()) / v
+                # BCE(x, t) = softplus(x) - x t (exact for soft t too): mean over voxels without a [Q, G, V] tensor;
+                # with scored fractions w and targets t = w t' (t' among the scored voxels): sum w BCE(x, t') / sum w
                 s = x.sigmoid()
-                cost_dice = 1.0 - (2.0 * (s @ t.t()) + 1.0) / (s.sum(1)[:, None] + t.sum(1)[None, :] + 1.0)
+                if w is None:
+                    cost_bce = (F.softplus(x).sum(1, keepdim=True) - x @ t.t()) / x.shape[1]
+                    s_sum = s.sum(1)
+                else:
+                    cost_bce = ((F.softplus(x) * w).sum(1, keepdim=True) - x @ t.t()) / w.sum().clamp_min(1e-12)
+                    s_sum = (s * w).sum(1)
+                cost_dice = 1.0 - (2.0 * (s @ t.t()) + 1.0) / (s_sum[:, None] + t.sum(1)[None, :] + 1.0)
                 costs.append(self.class_weight * cost_class + self.mask_weight * cost_bce
                              + self.dice_weight * cost_dice)
         return costs
 
     @torch.no_grad()
     def forward(self, class_logits: torch.Tensor, mask_logits: torch.Tensor,
-                targets: Sequence[Target]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+                targets: Sequence[Target], scored: Optional[torch.Tensor] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Per sample ``(pred_idx, gt_idx)``: int64 CPU tensors of length ``min(Q, G_b)``, ``pred_idx`` sorted,
         ``gt_idx`` indexing the sample's ``labels`` / ``masks``. Shapes as :meth:`cost_matrices`."""
         return [solve_assignment(c, name=f"matching cost of sample {b}")
-                for b, c in enumerate(self.cost_matrices(class_logits, mask_logits, targets))]
+                for b, c in enumerate(self.cost_matrices(class_logits, mask_logits, targets, scored))]
 
 
 # ----------------------------------------------------------------------------- criterion
-def _dice_loss(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of ``1 - (2 sum(sigmoid(x) t) + 1) / (sum sigmoid(x) + sum t + 1)``; ``x, t: [M, V]``."""
+def _dice_loss(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sum over rows of ``1 - (2 sum(sigmoid(x) t) + 1) / (sum sigmoid(x) + sum t + 1)``; ``x, t: [M, V]``; with
+    scored fractions ``w [M, V]`` (``t`` among the scored voxels) every sum weighs its voxels by ``w``."""
     s = x.sigmoid()
+    if w is not None:
+        s, t = s * w, t * w  # sum w s t' = sum s (w t'): one weight per product
+        return (1.0 - (2.0 * (s * t / w.clamp_min(1e-12)).sum(1) + 1.0) / (s.sum(1) + t.sum(1) + 1.0)).sum()
     return (1.0 - (2.0 * (s * t).sum(1) + 1.0) / (s.sum(1) + t.sum(1) + 1.0)).sum()
 
 
-def _bce_loss(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of the mean BCE-with-logits over columns; ``x, t: [M, V]``."""
-    return F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1).sum()
+def _bce_loss(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sum over rows of the mean BCE-with-logits over columns; ``x, t: [M, V]``; with scored fractions ``w`` the
+    ``w``-weighted mean (a row with nothing scored: 0)."""
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    if w is None:
+        return bce.mean(1).sum()
+    return ((bce * w).sum(1) / w.sum(1).clamp_min(1e-12)).sum()
 
 
 class MaskMedCriterion(nn.Module):
@@ -326,6 +372,8 @@ class MaskMedCriterion(nn.Module):
             most uncertain (``-|logit|``) kept, the rest uniform.
         stage_weights: per-stage weights (coarse -> fine), default 1.0 for every stage, as Mask2Former
             weighs its auxiliary outputs like the final one.
+        ignore_index: nnU-Net's ignore label (a label value of no class), or None: its voxels are in no
+            ground-truth mask and count in no mask term (module docstring).
 
     Forward:
         outputs: ``{"class_logits": [(N, Q, K+1)] * L, "mask_logits": [(N, Q, *S_l)] * L}``, coarse -> fine,
@@ -339,8 +387,13 @@ class MaskMedCriterion(nn.Module):
     def __init__(self, num_classes: int, no_object_weight: float = 0.1, class_weight: float = 2.0,
                  mask_weight: float = 5.0, dice_weight: float = 5.0, num_points: Optional[int] = None,
                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
-                 stage_weights: Optional[Sequence[float]] = None):
+                 stage_weights: Optional[Sequence[float]] = None, ignore_index: Optional[int] = None):
         super().__init__()
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+                                         or 0 <= ignore_index < num_classes):
+            raise InputValueError(f"ignore_index must be None or an int label value outside the classes "
+                                  f"[0, {num_classes - 1}], got {ignore_index!r}")
+        self.ignore_index = ignore_index
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise InputValueError(f"num_classes must be a positive int, got {num_classes!r}")
         _check_weights(no_object_weight=no_object_weight, class_weight=class_weight, mask_weight=mask_weight,
@@ -436,8 +489,9 @@ class MaskMedCriterion(nn.Module):
         cls, msk, t, d = self._check_outputs(outputs, target)
         device = msk[-1].device
         n, q = cls[-1].shape[:2]
-        targets = semantic_targets(t, self.num_classes, spatial_dims=d)
-        indices = self.matcher(cls[-1], msk[-1], targets)  # once, at the final stage
+        targets = semantic_targets(t, self.num_classes, spatial_dims=d, ignore_index=self.ignore_index)
+        scored = scored_fraction(t, self.ignore_index, d)  # [N, *S] or None
+        indices = self.matcher(cls[-1], msk[-1], targets, scored)  # once, at the final stage
 
         # matched pairs over the batch: query (b, pred) <-> row of the concatenated GT masks
         batch_idx = torch.cat([torch.full_like(p, b) for b, (p, _) in enumerate(indices)]).to(device)
@@ -464,16 +518,22 @@ class MaskMedCriterion(nn.Module):
                     bce.append(zero)
                     dice.append(zero)
                     continue
+                w = None
                 if self.num_points is None:
                     tgt = downsample_masks(matched_masks, src.shape[1:], f"mask_logits[{s}]")
                     x, y = src.flatten(1), tgt.flatten(1)
+                    if scored is not None:
+                        w = downsample_masks(scored[batch_idx], src.shape[1:], f"mask_logits[{s}]").flatten(1)
                 else:
                     with torch.no_grad():
                         coords = self._importance_points(src.detach().unsqueeze(1), d)
                         y = point_sample(matched_masks.unsqueeze(1), coords)[:, 0]  # GT at full resolution
+                        if scored is not None:
+                            w = point_sample(scored[batch_idx].unsqueeze(1), coords)[:, 0]
                     x = point_sample(src.unsqueeze(1), coords)[:, 0]
-                bce.append(_bce_loss(x, y) / num_masks)
-                dice.append(_dice_loss(x, y) / num_masks)
+                y = _at_scored(y, w)
+                bce.append(_bce_loss(x, y, w) / num_masks)
+                dice.append(_dice_loss(x, y, w) / num_masks)
         return {"ce": ce, "bce": bce, "dice": dice, "indices": indices}
 
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:

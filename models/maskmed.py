@@ -249,12 +249,12 @@ class MaskMed(nn.Module):
             return torch.einsum("nqc,nq...->nc...", probs, mask_logits.float().sigmoid())
 
     # ------------------------------------------------------------------ training helpers
-    def criterion(self) -> nn.Module:
-        """``segfuse.losses.MaskMedCriterion(num_classes, **criterion_kwargs)``: forward(outputs, target
-        ``(N, D, H, W)`` int64) -> scalar."""
+    def criterion(self, ignore_index: Optional[int] = None) -> nn.Module:
+        """``segfuse.losses.MaskMedCriterion(num_classes, ignore_index=..., **criterion_kwargs)``: forward(outputs,
+        target ``(N, D, H, W)`` int64) -> scalar; ``ignore_index``: nnU-Net's ignore label, in no mask term."""
         from segfuse.losses import MaskMedCriterion
 
-        return MaskMedCriterion(self.num_classes, **self.criterion_kwargs)
+        return MaskMedCriterion(self.num_classes, ignore_index=ignore_index, **self.criterion_kwargs)
 
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
         """``{"cnn": encoder + decoder parameters, "transformer": FSAD + head parameters}``; every parameter

@@ -4,6 +4,8 @@ the learned loss weights to log. Models themselves come from ``segfuse.models.cr
 """
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -57,12 +59,13 @@ def build_loss(supervision: str, num_maps: int, num_classes: int, spatial_dims: 
         if supervision != "single":
             raise ValueError(f"--supervision {supervision}: this model brings its own criterion "
                              f"({type(model).__name__}.criterion()); leave --supervision at its default")
-        if ignore_index is not None:
+        takes_ignore = "ignore_index" in inspect.signature(model.criterion).parameters
+        if ignore_index is not None and not takes_ignore:
             raise ValueError(f"model {type(model).__name__} trains with its own criterion "
                              f"({type(model).__name__}.criterion()), which cannot leave out the voxels of the "
                              f"dataset's ignore label ({ignore_index}, dataset.json 'ignore'); it would learn them "
                              "as a class. Train another model on this dataset, or remove the ignore label")
-        mod = model.criterion()
+        mod = model.criterion(ignore_index=ignore_index) if ignore_index is not None else model.criterion()
         return mod, mod
     from segfuse.losses import DeepSupervisionDiceCE, DiceCELoss, FIASLoss, LoMixLoss
     if dice_ce not in DICE_CE_CHOICES:

@@ -411,3 +411,78 @@ def test_bad_config_and_matcher_inputs():
         HungarianMatcher()(cls, msk, [(torch.tensor([3]), targets[0][1][:1]), targets[1]])
     with pytest.raises(InputShapeError, match="must divide"):
         HungarianMatcher()(cls, msk, [(lab, m[:, :3]) for lab, m in targets])
+
+
+# ----------------------------------------------------------------------------- ignore label (nnU-Net's "ignore")
+IGNORE = 9
+
+
+def test_semantic_targets_leave_the_ignore_label_out():
+    t = torch.tensor([[[0, 2, IGNORE], [2, IGNORE, IGNORE]]])
+    (labels, masks), = semantic_targets(t, 3, spatial_dims=2, ignore_index=IGNORE)
+    assert labels.tolist() == [0, 2]
+    assert masks.sum().item() == 3 and masks[:, t[0] == IGNORE].sum().item() == 0
+    with pytest.raises(InputValueError, match="labels other than ignore_index=9 outside"):
+        semantic_targets(torch.tensor([[[0, 3, IGNORE]]]), 3, spatial_dims=2, ignore_index=IGNORE)
+
+
+@pytest.mark.parametrize("q", [3, 6], ids=["q<=k", "q>k"])
+def test_ignored_voxels_are_as_if_cut_away(q):
+    """Full resolution, dense: a target whose right part is ignored gives the loss (matching included) of the left
+    part alone, and the ignored logits get no gradient whatever they hold."""
+    n, k, keep_w = 2, 4, 5
+    cls, msk = make_outputs(n, q, k, [(6, 9)])
+    target = make_target(n, k, (6, 9))
+    ignored = target.clone()
+    ignored[..., keep_w:] = IGNORE
+    crit = MaskMedCriterion(k, ignore_index=IGNORE)
+    m = msk[0].detach().clone().requires_grad_()
+    loss = crit({"class_logits": cls, "mask_logits": [m]}, ignored)
+    (g,) = torch.autograd.grad(loss, [m])
+    mc = msk[0].detach()[..., :keep_w].clone().requires_grad_()
+    cut = MaskMedCriterion(k)({"class_logits": cls, "mask_logits": [mc]}, target[..., :keep_w].contiguous())
+    (gc,) = torch.autograd.grad(cut, [mc])
+    torch.testing.assert_close(loss, cut, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g[..., :keep_w], gc, atol=1e-7, rtol=1e-5)
+    assert torch.equal(g[..., keep_w:], torch.zeros_like(g[..., keep_w:]))
+
+
+@pytest.mark.parametrize("num_points", [None, 64], ids=["dense", "points"])
+def test_logits_over_fully_ignored_cells_change_nothing(num_points):
+    """Every stage (coarse ones area-average the scored map): logits over cells that are wholly ignored change
+    neither the loss nor any other gradient, and get none themselves."""
+    n, q, k = 2, 4, 3
+    sizes, tsize = [(2, 4, 2), (4, 8, 4)], (4, 8, 4)
+    cls, msk = make_outputs(n, q, k, sizes)
+    target = make_target(n, k, tsize)
+    target[..., 4:, :] = IGNORE  # the far half along H: whole cells of both stages
+
+    def run(masks):
+        leaves = [m.detach().clone().requires_grad_() for m in masks]
+        torch.manual_seed(0)
+        loss = MaskMedCriterion(k, ignore_index=IGNORE, num_points=num_points)(
+            {"class_logits": cls, "mask_logits": leaves}, target)
+        return loss, torch.autograd.grad(loss, leaves)
+
+    loss, grads = run(msk)
+    other = [m.detach().clone() for m in msk]
+    for m in other:
+        h = m.shape[-2] // 2
+        m[..., h:, :] = torch.randn_like(m[..., h:, :]) * 5
+    loss2, grads2 = run(other)
+    assert torch.isfinite(loss)
+    if num_points is None:
+        torch.testing.assert_close(loss2, loss, atol=1e-6, rtol=1e-6)
+        for g, g2 in zip(grads, grads2):
+            h = g.shape[-2] // 2
+            torch.testing.assert_close(g2, g, atol=1e-7, rtol=1e-5)
+            assert torch.equal(g[..., h:, :], torch.zeros_like(g[..., h:, :]))
+    else:  # points in the ignored half count nothing: their logits get no gradient
+        for g in grads:
+            h = g.shape[-2] // 2
+            assert g[..., h + 1:, :].abs().max() == 0
+
+
+def test_ignore_index_must_lie_outside_the_classes():
+    with pytest.raises(InputValueError, match="ignore_index must be None or an int label value outside"):
+        MaskMedCriterion(3, ignore_index=1)

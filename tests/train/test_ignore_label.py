@@ -25,6 +25,8 @@ from segfuse.training import TrainConfig, Trainer
 from segfuse.training import trainer as trainer_module
 from segfuse.training.factory import build_loss
 
+MASKMED_SMALL = dict(widths=(8, 16, 32, 32), blocks_per_stage=(1, 1, 1, 1), hidden_dim=32, fsad_heads=4,
+                     fsad_points=2, head_heads=4, norm_groups=8, head_ffn_dim=64, fsad_ffn_dim=64)
 IGNORE = 5          # the phantoms' "gland" value becomes the ignore label, and a block of every label file too
 CLASSES = ["background", "liver", "spleen", "kidney", "stomach"]
 
@@ -180,6 +182,30 @@ def test_a_model_with_its_own_criterion_refuses_the_ignore_label():
         build_loss("single", 1, 3, 2, model=_OwnCriterionNet(), ignore_index=3)
     fn, _ = build_loss("single", 1, 3, 2, model=_OwnCriterionNet())      # without one it is used as before
     assert isinstance(fn, nn.MSELoss)
+
+
+def test_maskmed_trains_its_set_criterion_without_the_ignored_voxels():
+    """MaskMed's own criterion takes the ignore label (its mask terms leave those voxels out): with a 1x1 network
+    standing in for MaskMed's outputs, changing the logits under ignored voxels changes nothing."""
+    from segfuse.models import create_model
+    net = create_model("maskmed", 3, 1, 3, num_queries=4, **MASKMED_SMALL)
+    fn, crit = build_loss("single", 1, 3, 3, model=net, ignore_index=IGNORE)
+    assert crit.ignore_index == IGNORE
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (2, 4, 8, 8), generator=g)
+    y[..., 4:] = IGNORE
+    cls = [torch.randn(2, 4, 4, generator=g)]
+    masks = torch.randn(2, 4, 4, 8, 8, generator=g)
+
+    def loss_and_grad(m):
+        m = m.clone().requires_grad_()
+        loss = fn({"class_logits": cls, "mask_logits": [m]}, y)
+        return loss, torch.autograd.grad(loss, [m])[0]
+
+    other = masks.clone()
+    other[..., 4:] = torch.randn(2, 4, 4, 8, 4, generator=g) * 10
+    (a, ga), (b, gb) = loss_and_grad(masks), loss_and_grad(other)
+    assert torch.isfinite(a) and torch.allclose(a, b, rtol=1e-6, atol=1e-7) and torch.allclose(ga, gb)
 
 
 # ---------------------------------------------------------------------------------------------- training
