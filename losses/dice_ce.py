@@ -64,10 +64,12 @@ class _MonaiLoss(nn.Module):
         return self.weight
 
     def _targets(self, input, target, check: bool):
-        """MONAI's target forms as the kernels': integer labels when one-hot encoding is asked for (C > 1) or an
-        ignore label is given; otherwise the (B, C, ...) targets themselves, as floats."""
+        """MONAI's target forms as the kernels': integer labels when one-hot encoding is asked for (C > 1), an
+        ignore label is given or a single channel has an integer target (its 0/1 labels, range-checked);
+        otherwise the (B, C, ...) targets themselves, as floats."""
         C = input.shape[1]
-        if (self.to_onehot_y and C > 1) or self.ignore_index is not None:
+        if ((self.to_onehot_y and C > 1) or self.ignore_index is not None
+                or (C == 1 and isinstance(target, torch.Tensor) and not target.is_floating_point())):
             return as_label_problem(input, target, check=check)
         if input.dim() == 3:
             input, target = input.unsqueeze(2), target.unsqueeze(2) if target.dim() == 3 else target
