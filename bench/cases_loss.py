@@ -18,6 +18,7 @@ parameters, partial rows and parameter-gradient slots are then ~0.2x of the mini
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -84,3 +85,39 @@ register_case(BenchCase(name="lomix loss 2D (4 maps, native res)",
                         paper_size="B=16 K=9 224x224 labels, maps 7..56, 48 maps",
                         build=lambda scale, device, dtype: _build(scale, device, dtype, native=True),
                         interp_scale=1 / 16))
+
+
+# ----------------------------------------------------------------------------- MONAI DiceCELoss with its options
+_MONAI_B, _MONAI_K, _MONAI_SIDE = 2, 14, 128  # a 3D nnU-Net-style step: 2 patches of 128^3, BTCV's 14 classes
+
+
+def _build_monai(scale: float, device, dtype) -> Problem:
+    """MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, weight=w, label_smoothing=0.1)`` on one 3D logit map:
+    segfuse's fused module against MONAI's own (plain PyTorch) as the eager path."""
+    from monai.losses import DiceCELoss as MonaiDiceCELoss
+
+    from segfuse.losses import DiceCELoss
+
+    voxels = max(1, int(round(scale * _MONAI_B * _MONAI_SIDE ** 3)))
+    side = max(4, int(round(voxels ** (1 / 3))))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(1, _MONAI_K, side, side, side, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    y = torch.randint(0, _MONAI_K, (1, 1, side, side, side), generator=g).to(device=device, dtype=torch.uint8)
+    w = (torch.rand(_MONAI_K, generator=g) + 0.5).to(device)
+    opts = dict(to_onehot_y=True, softmax=True, weight=w, label_smoothing=0.1)
+    ours, theirs = DiceCELoss(validate=False, **opts).to(device), MonaiDiceCELoss(**opts).to(device)
+    esz = torch.empty((), dtype=dtype).element_size()
+    return Problem(
+        fused_fwd=lambda: ours(x, y), fused_bwd=lambda out: out.backward(),
+        eager_fwd=lambda: theirs(x, y.long()), eager_bwd=lambda out: out.backward(),
+        min_bytes_fwd=x.numel() * esz + y.numel(), min_bytes_bwd=x.numel() * esz,
+        scale_to_full=_MONAI_B * _MONAI_SIDE ** 3 / side ** 3, size=f"B=1 K={_MONAI_K} {side}^3",
+        notes="min fwd = read the logits + uint8 labels once; min bwd = write the logit gradient once. Eager: "
+              "MONAI's own DiceCELoss (one-hot, softmax, weighted CE with smoothing, Dice) under plain autograd; "
+              "fused: the class weights and smoothing are per-voxel code in pass 1 / pass 2")
+
+
+if importlib.util.find_spec("monai") is not None:  # MONAI's loss is this case's eager path (the dev extra)
+    register_case(BenchCase(name="MONAI DiceCELoss 3D (class weights, smoothing)",
+                            paper_size="B=2 K=14 128^3, weight + label_smoothing",
+                            build=_build_monai, interp_scale=1 / 512))

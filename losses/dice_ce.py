@@ -133,13 +133,15 @@ class _MonaiLoss(nn.Module):
 class DiceCELoss(_MonaiLoss):
     """MONAI-compatible ``lambda_dice * Dice + lambda_ce * CE`` on one logit map, fused.
 
-    Args (as MONAI's ``DiceCELoss``; segfuse's defaults are ``to_onehot_y=True, softmax=True``):
+    Args (as MONAI's ``DiceCELoss``; segfuse's defaults are ``to_onehot_y=True`` and the softmax unless
+    ``sigmoid`` or ``other_act`` is given):
         include_background: Dice only (CE always uses every class, as MONAI).
         to_onehot_y: the target is labels ``(B, 1, *spatial)`` or ``(B, *spatial)`` (integer, or float holding
             integers) one-hot encoded in the kernels; False: the target is ``(B, C, *spatial)`` one-hot or soft
             (any dtype, read as floats). A single channel's target is its 0/1 (or soft) target either way.
-        sigmoid / softmax / other_act: at most one; none of them: the Dice of the input itself (MONAI's
-            default). ``other_act`` (a callable) is applied before the Dice; the CE always takes the raw logits.
+        sigmoid / softmax / other_act: at most one; ``softmax=None`` (default) is True unless ``sigmoid`` or
+            ``other_act`` is given; all off (``softmax=False``): the Dice of the input itself (MONAI's default).
+            ``other_act`` (a callable) is applied before the Dice; the CE always takes the raw logits.
         multilabel_ce: the CE with ``sigmoid=True`` and C > 1: "bce" (segfuse: BCE-with-logits per channel) or
             "softmax" (MONAI: the softmax cross-entropy). One channel: BCE-with-logits; C > 1 otherwise: softmax CE.
         squared_pred, jaccard, smooth_nr, smooth_dr, batch: the Dice as MONAI's.
@@ -161,15 +163,14 @@ class DiceCELoss(_MonaiLoss):
     """
 
     def __init__(self, include_background: bool = True, to_onehot_y: bool = True, sigmoid: bool = False,
-                 softmax: bool = True, other_act: Optional[Callable] = None, squared_pred: bool = False,
+                 softmax: Optional[bool] = None, other_act: Optional[Callable] = None, squared_pred: bool = False,
                  jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
                  batch: bool = False, weight: Optional[Sequence[float] | torch.Tensor] = None,
                  lambda_dice: float = 1.0, lambda_ce: float = 1.0, label_smoothing: float = 0.0,
                  soft_label: bool = False, ignore_index: Optional[int] = None, multilabel_ce: str = "bce",
                  validate="first"):
-        if sigmoid and softmax:
-            raise ValueError(f"exactly one of sigmoid / softmax may be True, got sigmoid={sigmoid}, softmax={softmax}"
-                             " (segfuse's DiceCELoss defaults to softmax=True: pass softmax=False with sigmoid=True)")
+        if softmax is None:
+            softmax = not sigmoid and other_act is None
         super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
                          softmax=softmax, other_act=other_act, squared_pred=squared_pred, jaccard=jaccard,
                          reduction=reduction, reductions=("mean", "sum"), smooth_nr=smooth_nr, smooth_dr=smooth_dr,

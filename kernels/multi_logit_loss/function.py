@@ -168,7 +168,8 @@ def _(grad_out, maps, target, raw_weights, concat_weight, concat_bias, attn_weig
 class MultiLogitDiceCEFunction(torch.autograd.Function):
     """Fused loss; returns ``(loss, per_map_losses, dice_terms)``: the per-map losses are not differentiable;
     the ``(B or 1, T, C)`` weighted per-class Dice terms are the differentiable output with
-    ``reduction="none"`` (then the loss output is not), an empty tensor otherwise."""
+    ``reduction="none"`` (then the loss output is not); otherwise the third output is a non-differentiable
+    placeholder (the chain coefficients) that callers drop."""
 
     @staticmethod
     def forward(ctx, target, raw_weights, cw, cb, aw, ab, class_weights, cfg, *maps):
@@ -185,8 +186,8 @@ class MultiLogitDiceCEFunction(torch.autograd.Function):
             terms = coef[:, 2].clone()
             loss = res[0].clone()
             ctx.mark_non_differentiable(loss)
-        else:
-            terms = res.new_zeros(0)
+        else:  # no per-class output: coef stands in (non-differentiable, unused; no extra op on the step)
+            terms = coef
             loss = res[0]
             ctx.mark_non_differentiable(terms)
         return loss, per_map, terms

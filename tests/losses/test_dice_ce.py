@@ -106,8 +106,10 @@ def test_deep_supervision_order_end_to_end():
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="exactly one of sigmoid / softmax"):
+    with pytest.raises(ValueError, match="at most one of sigmoid=True, softmax=True, other_act"):
         DiceCELoss(sigmoid=True, softmax=True)
+    # softmax by default unless sigmoid / other_act is asked for (MONAI users write DiceCELoss(sigmoid=True))
+    assert DiceCELoss().softmax and not DiceCELoss(sigmoid=True).softmax and not DiceCELoss(other_act=torch.tanh).softmax
     with pytest.raises(ValueError, match=r"without one-hot encoding \(to_onehot_y=False\) the target holds one "
                                          r"channel per class, \(B, 2, \*spatial\)"):
         DiceCELoss(to_onehot_y=False, sigmoid=True, softmax=False)(torch.randn(1, 2, 4, 4), torch.zeros(1, 1, 4, 4))
