@@ -250,13 +250,6 @@ def scored_fraction(target: torch.Tensor, ignore_index: Optional[int], spatial_d
     return (_strip_channel(target, spatial_dims) != ignore_index).float()
 
 
-def _at_scored(t: torch.Tensor, w: Optional[torch.Tensor]) -> torch.Tensor:
-    """Targets as class fractions among the scored voxels: ``t / w`` (0 where nothing is scored)."""
-    if w is None:
-        return t
-    return torch.where(w > 0, t / w.clamp_min(1e-12), torch.zeros_like(t))
-
-
 # ----------------------------------------------------------------------------- matcher
 class HungarianMatcher(nn.Module):
     """Bipartite matching of predicted (class, mask) pairs to ground-truth masks (Mask2Former's matcher).
@@ -337,23 +330,24 @@ class HungarianMatcher(nn.Module):
 
 
 # ----------------------------------------------------------------------------- criterion
+# With scored fractions w, the targets t are coverages (the class's share of all voxels, t <= w), i.e. w times the
+# class fraction t' among the scored voxels: sum w s t' = sum s t and sum w t' = sum t, and BCE being linear in
+# its target, sum w BCE(x, t') = sum w softplus(x) - sum x t. The matcher's cost uses the same forms.
 def _dice_loss(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sum over rows of ``1 - (2 sum(sigmoid(x) t) + 1) / (sum sigmoid(x) + sum t + 1)``; ``x, t: [M, V]``; with
-    scored fractions ``w [M, V]`` (``t`` among the scored voxels) every sum weighs its voxels by ``w``."""
+    scored fractions ``w [M, V]`` the prediction's sum is ``sum w sigmoid(x)``."""
     s = x.sigmoid()
-    if w is not None:
-        s, t = s * w, t * w  # sum w s t' = sum s (w t'): one weight per product
-        return (1.0 - (2.0 * (s * t / w.clamp_min(1e-12)).sum(1) + 1.0) / (s.sum(1) + t.sum(1) + 1.0)).sum()
-    return (1.0 - (2.0 * (s * t).sum(1) + 1.0) / (s.sum(1) + t.sum(1) + 1.0)).sum()
+    s_sum = s.sum(1) if w is None else (s * w).sum(1)
+    return (1.0 - (2.0 * (s * t).sum(1) + 1.0) / (s_sum + t.sum(1) + 1.0)).sum()
 
 
 def _bce_loss(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sum over rows of the mean BCE-with-logits over columns; ``x, t: [M, V]``; with scored fractions ``w`` the
-    ``w``-weighted mean (a row with nothing scored: 0)."""
-    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    ``w``-weighted mean of BCE against the class fractions among the scored voxels (a row with nothing scored:
+    0)."""
     if w is None:
-        return bce.mean(1).sum()
-    return ((bce * w).sum(1) / w.sum(1).clamp_min(1e-12)).sum()
+        return F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1).sum()
+    return (((F.softplus(x) * w).sum(1) - (x * t).sum(1)) / w.sum(1).clamp_min(1e-12)).sum()
 
 
 class MaskMedCriterion(nn.Module):
@@ -531,7 +525,6 @@ class MaskMedCriterion(nn.Module):
                         if scored is not None:
                             w = point_sample(scored[batch_idx].unsqueeze(1), coords)[:, 0]
                     x = point_sample(src.unsqueeze(1), coords)[:, 0]
-                y = _at_scored(y, w)
                 bce.append(_bce_loss(x, y, w) / num_masks)
                 dice.append(_dice_loss(x, y, w) / num_masks)
         return {"ce": ce, "bce": bce, "dice": dice, "indices": indices}
