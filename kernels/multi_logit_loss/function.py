@@ -28,7 +28,7 @@ from . import reference
 from .geometry import UPSAMPLE_MODES
 from .layout import ParamGradLayout, ResultVector, coef_shape
 from .reference import (ACTIVATIONS, LOSS_OPTIONS, OPS, REDUCTIONS, WEIGHT_MODES, attn_rows, concat_rows,
-                        num_supervised_maps, resolve_activation, subsets)
+                        loss_options, num_supervised_maps, resolve_activation, subsets)
 
 
 def raise_bad_inputs(bad: Sequence[float], num_classes: int, activation: str, ignore_index=None) -> None:
@@ -96,10 +96,7 @@ def _mll_fwd_op(maps: List[torch.Tensor], target: torch.Tensor, raw_weights: tor
                 include_background: bool, smooth_nr: float, smooth_dr: float, upsample: str,
                 ignore_index: Optional[int], label_smoothing: float, soft_label: bool, jaccard: bool, reduction: str,
                 validate: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    cfg = dict(weight_mode=weight_mode, ce_weight=ce_weight, dice_weight=dice_weight, activation=activation,
-               ce_bce=ce_bce, squared=squared, batch=batch, include_background=include_background, smooth_nr=smooth_nr,
-               smooth_dr=smooth_dr, upsample=upsample, ignore_index=ignore_index, label_smoothing=label_smoothing,
-               soft_label=soft_label, jaccard=jaccard, reduction=reduction)
+    cfg = loss_options(locals())
     params = (concat_weight, concat_bias, attn_weight, attn_bias)
     C = maps[0].shape[1]
     if backend == "triton":
@@ -139,20 +136,15 @@ def _mll_bwd_op(grad_out: torch.Tensor, maps: List[torch.Tensor], target: torch.
                 batch: bool, include_background: bool, smooth_nr: float, smooth_dr: float, upsample: str,
                 ignore_index: Optional[int], label_smoothing: float, soft_label: bool, jaccard: bool, reduction: str,
                 concat_grad: bool, backend: str) -> tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
+    cfg = loss_options(locals())
     params = (concat_weight, concat_bias, attn_weight, attn_bias)
     if backend == "triton":
         from .triton import mll_backward
 
         return mll_backward(grad_out, maps, target, raw_weights, _ops_tuple(ops), *params, res, coef, class_weights,
-                            activation=activation, ce_bce=ce_bce, squared=squared, batch=batch,
-                            concat_grad=concat_grad, upsample=upsample, ignore_index=ignore_index,
-                            label_smoothing=label_smoothing, soft_label=soft_label, reduction=reduction)
-    return reference.mll_backward_reference(
-        grad_out, maps, target, raw_weights, _ops_tuple(ops), *params, class_weights, weight_mode=weight_mode,
-        ce_weight=ce_weight, dice_weight=dice_weight, activation=activation, ce_bce=ce_bce, squared=squared,
-        batch=batch, include_background=include_background, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-        upsample=upsample, ignore_index=ignore_index, label_smoothing=label_smoothing, soft_label=soft_label,
-        jaccard=jaccard, reduction=reduction)
+                            concat_grad=concat_grad, **cfg)
+    return reference.mll_backward_reference(grad_out, maps, target, raw_weights, _ops_tuple(ops), *params,
+                                            class_weights, **cfg)
 
 
 @_mll_bwd_op.register_fake

@@ -240,21 +240,23 @@ def multi_logit_dice_ce_reference(logits: Sequence[torch.Tensor], target: torch.
     ``reduction="none"`` the ``(T, B or 1, C)`` weighted per-class Dice terms instead of the loss.
     """
     activation, ce_bce = resolve_activation(sigmoid, activation, ce_bce)
-    base = upsample_maps(logits, target.shape[-(logits[0].dim() - 2):], upsample)
-    maps = mix_maps(base, ops, concat_weight, concat_bias, attn_weight, attn_bias)
-    w = transform_weights(raw_weights.float(), weight_mode)
-    per_map, all_terms = [], []
-    for z in maps:
-        ce, dice, terms = dice_ce_terms(z, target, activation=activation, ce_bce=ce_bce, squared=squared,
-                                        batch=batch, include_background=include_background, smooth_nr=smooth_nr,
-                                        smooth_dr=smooth_dr, ignore_index=ignore_index, class_weights=class_weights,
-                                        label_smoothing=label_smoothing, soft_label=soft_label, jaccard=jaccard,
-                                        reduction=reduction)
-        per_map.append(ce_weight * ce + dice_weight * dice)
-        all_terms.append(terms)
-    per_map = torch.stack(per_map)
-    loss = torch.stack(all_terms) if reduction == "none" else (w * per_map).sum()
+    ce, dice, terms = _supervised_map_terms(
+        logits, target, ops, (concat_weight, concat_bias, attn_weight, attn_bias), upsample, class_weights,
+        activation=activation, ce_bce=ce_bce, squared=squared, batch=batch, include_background=include_background,
+        smooth_nr=smooth_nr, smooth_dr=smooth_dr, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        soft_label=soft_label, jaccard=jaccard, reduction=reduction)
+    per_map = ce_weight * ce + dice_weight * dice
+    loss = terms if reduction == "none" else (transform_weights(raw_weights.float(), weight_mode) * per_map).sum()
     return (loss, per_map) if return_per_map else loss
+
+
+def _supervised_map_terms(logits, target, ops, params, upsample, class_weights, **term_options):
+    """``(CE (T,), Dice (T,), Dice terms (T, B or 1, C))`` of every supervised map: the base maps upsampled to the
+    target's size, the mutants mixed from them, each scored by :func:`dice_ce_terms` (``term_options``)."""
+    base = upsample_maps(logits, target.shape[-(logits[0].dim() - 2):], upsample)
+    terms = [dice_ce_terms(z, target, class_weights=class_weights, **term_options)
+             for z in mix_maps(base, ops, *params)]
+    return tuple(torch.stack([t[i] for t in terms]) for i in range(3))
 
 
 def count_bad_inputs(maps: Sequence[torch.Tensor], target: torch.Tensor, num_classes: int,
@@ -276,6 +278,8 @@ def count_bad_inputs(maps: Sequence[torch.Tensor], target: torch.Tensor, num_cla
 LOSS_OPTIONS = ("weight_mode", "ce_weight", "dice_weight", "activation", "ce_bce", "squared", "batch",
                 "include_background", "smooth_nr", "smooth_dr", "upsample", "ignore_index", "label_smoothing",
                 "soft_label", "jaccard", "reduction")
+# the ones that weigh and resample the maps rather than score one (not dice_ce_terms' options)
+MAP_WEIGHTING_OPTIONS = ("weight_mode", "ce_weight", "dice_weight", "upsample")
 
 
 def _grad(fn, inputs, grad_out=None):
@@ -294,8 +298,10 @@ def _grad(fn, inputs, grad_out=None):
     return out.detach(), [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
 
 
-def _loss_options(cfg: dict) -> dict:
-    return {k: cfg[k] for k in LOSS_OPTIONS}
+def loss_options(args: dict) -> dict:
+    """The loss options (``LOSS_OPTIONS``, the registered ops' argument names) out of ``args`` (a config, or a
+    registered op's arguments)."""
+    return {k: args[k] for k in LOSS_OPTIONS}
 
 
 def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, class_weights=None, **cfg):
@@ -308,12 +314,8 @@ def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, class_
     M, T = len(maps), raw_weights.numel()
     B, C = maps[0].shape[:2]
     result = ResultVector(T, M)
-    base = mix_maps(upsample_maps(maps, target.shape[-(maps[0].dim() - 2):], cfg["upsample"]), ops, cw, cb, aw, ab)
-    opts = {k: cfg[k] for k in ("activation", "ce_bce", "squared", "batch", "include_background", "smooth_nr",
-                                "smooth_dr", "ignore_index", "label_smoothing", "soft_label", "jaccard", "reduction")}
-    terms = [dice_ce_terms(z, target, class_weights=class_weights, **opts) for z in base]
-    ce = torch.stack([t[0] for t in terms])
-    dice = torch.stack([t[1] for t in terms])
+    ce, dice, terms = _supervised_map_terms(maps, target, ops, (cw, cb, aw, ab), cfg["upsample"], class_weights,
+                                            **{k: v for k, v in cfg.items() if k not in MAP_WEIGHTING_OPTIONS})
     per_map = cfg["ce_weight"] * ce + cfg["dice_weight"] * dice
     # d loss / d raw = J_w^T per_map
     w, (dw,) = _grad(lambda raw: transform_weights(raw, cfg["weight_mode"]), [raw_weights.float()], per_map)
@@ -325,7 +327,7 @@ def mll_forward_reference(maps, target, raw_weights, ops, cw, cb, aw, ab, class_
     coef = torch.zeros(coef_shape(B, T, C, cfg["batch"], cfg["reduction"]), dtype=torch.float32,
                        device=maps[0].device)
     if cfg["reduction"] == "none":
-        coef[:, 2] = torch.stack([t[2] for t in terms], dim=1)
+        coef[:, 2] = terms.transpose(0, 1)
     return res, coef
 
 
@@ -345,7 +347,7 @@ def mll_backward_reference(grad_out, maps, target, raw_weights, ops, cw, cb, aw,
             params[i] = p
         out = multi_logit_dice_ce_reference(list(leaves[:M]), target, leaves[M], ops=ops, concat_weight=params[0],
                                             concat_bias=params[1], attn_weight=params[2], attn_bias=params[3],
-                                            class_weights=class_weights, **_loss_options(cfg))
+                                            class_weights=class_weights, **loss_options(cfg))
         return (out * grad_out.float().transpose(0, 1)).sum() if none else out
 
     _loss, grads = _grad(loss_of, list(maps) + [raw_weights.float()] + [(cw, cb, aw, ab)[i] for i in present],

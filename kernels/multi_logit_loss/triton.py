@@ -700,21 +700,18 @@ def _launch_geometry(geo: Geometry) -> dict:
                 n_bx=geo.n_box[2], SCALES=geo.scales, NEAREST=geo.nearest, TZ=TZ, TY=TY, TX=TX)
 
 
-def _ignore(ignore_index) -> dict:
-    """The ignore-label constexprs of pass 1 and pass 2 (IGNORE unused without one)."""
-    return dict(HAS_IGNORE=ignore_index is not None, IGNORE=0 if ignore_index is None else int(ignore_index))
-
-
 ACT_CODE = {"softmax": 0, "sigmoid": 1, "none": 2}
 
 
-def _voxel_options(target, class_weights, activation, ce_bce, squared, label_smoothing, soft_label) -> dict:
-    """The per-voxel loss options of pass 1 and pass 2: constexprs, the class weights' pointer (a placeholder,
-    never read, without) and the label smoothing."""
+def _voxel_options(target, class_weights, ignore_index, activation, ce_bce, squared, label_smoothing,
+                   soft_label) -> dict:
+    """The per-voxel loss options of pass 1 and pass 2: constexprs (IGNORE unused without an ignore label), the
+    class weights' pointer (a placeholder, never read, without) and the label smoothing."""
     clw = class_weights if class_weights is not None else torch.empty(1, dtype=torch.float32, device=target.device)
     return dict(clw_ptr=clw, smoothing=float(label_smoothing), ACT=ACT_CODE[activation], CE_BCE=bool(ce_bce),
                 DENSE=target.is_floating_point(), SOFT_DICE=bool(soft_label) and not squared,
-                CLASS_W=class_weights is not None, SMOOTHING=label_smoothing > 0)
+                CLASS_W=class_weights is not None, SMOOTHING=label_smoothing > 0,
+                HAS_IGNORE=ignore_index is not None, IGNORE=0 if ignore_index is None else int(ignore_index))
 
 
 def _label_size(maps, target) -> tuple:
@@ -741,7 +738,8 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, class_weights=No
     M, B, C, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
     dev = maps[0].device
     geo = _geometry(maps, _label_size(maps, target), B, C_PAD, upsample == "nearest")
-    voxel = _voxel_options(target, class_weights, activation, ce_bce, squared, label_smoothing, soft_label)
+    voxel = _voxel_options(target, class_weights, ignore_index, activation, ce_bce, squared, label_smoothing,
+                           soft_label)
     mean = reduction == "mean"
     count_n = mean and (ignore_index is not None or (class_weights is not None and not ce_bce and not voxel["DENSE"]))
     part_row, result = PartialRow(C, T, M), ResultVector(T, M)
@@ -752,7 +750,7 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, class_weights=No
         maps=tuple(maps), y_ptr=target, desc_ptr=descriptors(M, ops, dev), cw_ptr=cw, cb_ptr=cb, aw_ptr=aw,
         ab_ptr=ab, part_ptr=part, **_launch_geometry(geo),
         M=M, C=C, C_PAD=C_PAD, T=T, T_BLOCK=T_BLOCK, BAD_PAD=bad_pad, SQUARED=squared,
-        OPS_MASK=ops_mask(ops), **_ignore(ignore_index), **voxel, COUNT_N=count_n, **part_row.constexprs(),
+        OPS_MASK=ops_mask(ops), **voxel, COUNT_N=count_n, **part_row.constexprs(),
         num_warps=NUM_WARPS)
     res = torch.empty(result.size, dtype=torch.float32, device=dev)
     coef = torch.empty(coef_shape(B, T, C, batch, reduction), dtype=torch.float32, device=dev)
@@ -770,15 +768,17 @@ def mll_forward(maps, target, raw_weights, ops, cw, cb, aw, ab, class_weights=No
 
 def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, coef, class_weights=None, *,
                  activation, ce_bce, squared, batch, concat_grad, upsample="linear", ignore_index=None,
-                 label_smoothing=0.0, soft_label=False, reduction="mean"):
+                 label_smoothing=0.0, soft_label=False, reduction="mean", **_finalize_options):
     """Pass 2 (+ the gather of coarse maps' partial sums when a sample has several programs, or the logits
     are not fp32). ``grad_out``: ``(1,)``, or with ``reduction="none"`` the ``(B or 1, T, C)`` gradient of the
-    Dice terms (folded into the chain coefficients here). Returns ``(grads: M tensors like maps,
-    grad_raw_weights (T,) fp32, grad_params (PG_SIZE,) fp32)``."""
+    Dice terms (folded into the chain coefficients here). The loss options only the forward's finalize reads
+    (map weights, smoothing, Jaccard, ...) are in ``res`` / ``coef`` already. Returns ``(grads: M tensors like
+    maps, grad_raw_weights (T,) fp32, grad_params (PG_SIZE,) fp32)``."""
     M, B, C, T, C_PAD, T_BLOCK = _sizes(maps, raw_weights)
     dev = maps[0].device
     geo = _geometry(maps, _label_size(maps, target), B, C_PAD, upsample == "nearest")
-    voxel = _voxel_options(target, class_weights, activation, ce_bce, squared, label_smoothing, soft_label)
+    voxel = _voxel_options(target, class_weights, ignore_index, activation, ce_bce, squared, label_smoothing,
+                           soft_label)
     if reduction == "none":  # d/dz sum_btc g_btc term_btc: each (b, t, c) chain coefficient times its g
         coef = (coef[:, :2] * grad_out.float()[:, None]).contiguous()
         grad_out = torch.ones(1, dtype=torch.float32, device=dev)
@@ -804,7 +804,7 @@ def mll_backward(grad_out, maps, target, raw_weights, ops, cw, cb, aw, ab, res, 
         CONCAT_GRAD=concat_grad and "concat" in ops, OPS_MASK=ops_mask(ops),
         NCELLS=tuple(geo.cells_per_tile(i) for i in range(M)), ANY_COARSE=geo.any_coarse,
         DOT_REDUCE=geo.reduce_products(C_PAD) > DOT_REDUCE_ABOVE,
-        RES_DW=ResultVector(T, M).dw, RES_CE_SCALE=ResultVector(T, M).ce_scale, **_ignore(ignore_index),
+        RES_DW=ResultVector(T, M).dw, RES_CE_SCALE=ResultVector(T, M).ce_scale,
         **pg_layout.constexprs(), num_warps=NUM_WARPS)
     if gather:
         rank = {i: k for k, i in enumerate(gather)}
