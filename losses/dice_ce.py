@@ -71,8 +71,7 @@ class _MonaiLoss(nn.Module):
         if ((self.to_onehot_y and C > 1) or self.ignore_index is not None
                 or (C == 1 and isinstance(target, torch.Tensor) and not target.is_floating_point())):
             return as_label_problem(input, target, check=check)
-        if input.dim() == 3:
-            input, target = input.unsqueeze(2), target.unsqueeze(2) if target.dim() == 3 else target
+        input, target = _one_d_as_2d(input, target)
         if target.dim() == input.dim() - 1 and C == 1:
             target = target.unsqueeze(1)
         if target.dim() != input.dim() or target.shape[1] != C:
@@ -224,14 +223,20 @@ class DiceLoss(_MonaiLoss):
         return terms.reshape(*terms.shape, *([1] * (input.dim() - 2)))
 
 
-def as_label_problem(input: torch.Tensor, target: torch.Tensor, check: bool = True):
-    """MONAI's input forms as the kernels' form: a 1-D ``(B, C, N)`` input (and its ``(B, 1, N)`` / ``(B, N)``
-    target) becomes ``(B, C, 1, N)``; a float target holding integer labels becomes int64 (``check``: a
-    non-integer or non-finite value raises ``ValueError``, one host read)."""
+def _one_d_as_2d(input, target):
+    """A 1-D ``(B, C, N)`` input as ``(B, C, 1, N)``, its target ``(B, N)`` / ``(B, 1 or C, N)`` likewise."""
     if isinstance(input, torch.Tensor) and input.dim() == 3:
         input = input.unsqueeze(2)
         if isinstance(target, torch.Tensor) and target.dim() in (2, 3):
             target = target.unsqueeze(-2)
+    return input, target
+
+
+def as_label_problem(input: torch.Tensor, target: torch.Tensor, check: bool = True):
+    """MONAI's input forms as the kernels' form: a 1-D ``(B, C, N)`` input (and its ``(B, 1, N)`` / ``(B, N)``
+    target) becomes ``(B, C, 1, N)``; a float target holding integer labels becomes int64 (``check``: a
+    non-integer or non-finite value raises ``ValueError``, one host read)."""
+    input, target = _one_d_as_2d(input, target)
     if isinstance(target, torch.Tensor) and target.is_floating_point():
         if check:
             bad = int((~torch.isfinite(target) | (target != torch.round(target))).sum())
