@@ -304,21 +304,17 @@ def _mll_stats_kernel(maps, y_ptr, desc_ptr, cw_ptr, cb_ptr, aw_ptr, ab_ptr, par
 
 # ----------------------------------------------------------------------------- finalize
 @triton.jit
-def _dice_den(i, p, g, smooth_dr, JACCARD: tl.constexpr):
-    """The Dice denominator ``P + G`` (Jaccard: ``2 (P + G - I)``) plus smooth_dr, per (class, map)."""
-    if JACCARD:
-        return 2.0 * (p + g[:, None] - i) + smooth_dr
-    return p + g[:, None] + smooth_dr
-
-
-@triton.jit
 def _dice_chain(i, p, g, incl, cls_w, w_t, div, smooth_nr, smooth_dr, cbase, ctT, ctm, T: tl.constexpr,
                 C: tl.constexpr, JACCARD: tl.constexpr, REDUCE: tl.constexpr):
     """Store the Dice chain coefficients of one (class, map) block of sums ``i, p, g``: plane 0 ``A = dL/dI``,
     plane 1 ``Bq = dL/dP`` (L: the weighted Dice of the loss, ``incl`` the included classes, ``w_t``
-    each map's weight, ``div`` the mean's divisor); REDUCE == 2 also plane 2, the class-weighted Dice terms."""
+    each map's weight, ``div`` the mean's divisor); REDUCE == 2 also plane 2, the class-weighted Dice terms.
+    Returns those terms ``(C_PAD, T_BLOCK)`` (0 for a class not included)."""
     num = 2.0 * i + smooth_nr
-    den = _dice_den(i, p, g, smooth_dr, JACCARD)
+    if JACCARD:  # the denominator P + G (Jaccard: 2 (P + G - I)) plus smooth_dr
+        den = 2.0 * (p + g[:, None] - i) + smooth_dr
+    else:
+        den = p + g[:, None] + smooth_dr
     if REDUCE == 2:  # the terms' own derivatives: neither the map weights nor dice_weight scale them
         w_t = w_t * 0.0 + 1.0
     coef = tl.where(incl, cls_w, 0.0)[:, None] / div * w_t[None, :]
@@ -330,8 +326,10 @@ def _dice_chain(i, p, g, incl, cls_w, w_t, div, smooth_nr, smooth_dr, cbase, ctT
     else:  # dF/dI = -2/den, dF/dP = num/den^2
         tl.store(cbase + ctT, -coef * 2.0 / den, mask=ctm)
         tl.store(cbase + T * C + ctT, coef * r, mask=ctm)
+    terms = tl.where(incl[:, None], cls_w[:, None] * (1.0 - num / den), 0.0)
     if REDUCE == 2:
-        tl.store(cbase + 2 * T * C + ctT, tl.where(incl[:, None], cls_w[:, None] * (1.0 - num / den), 0.0), mask=ctm)
+        tl.store(cbase + 2 * T * C + ctT, terms, mask=ctm)
+    return terms
 
 
 @triton.jit
@@ -360,7 +358,6 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, clw_ptr, B, n_chunk
         cls_w = tl.load(clw_ptr + C + cls, mask=cls < C, other=0.0)
     else:
         cls_w = tl.where(cls < C, 1.0, 0.0)
-    inclf = tl.where(incl, cls_w, 0.0)
     zero = tl.sum(tl.zeros([T_BLOCK], tl.float32), axis=0)  # an fp32 scalar
     zsum = zero + 1.0
     if REDUCE == 0:
@@ -407,21 +404,17 @@ def _mll_finalize_kernel(part_ptr, w_ptr, res_ptr, coef_ptr, clw_ptr, B, n_chunk
                     div = n_div * B
                 else:
                     div = n_div
-                _dice_chain(acc_i, acc_p, acc_g, incl, cls_w, om * dice_weight, div, smooth_nr, smooth_dr,
-                            coef_ptr + b * COEF_PLANES * T * C, ctT, ctm, T, C, JACCARD, REDUCE)
-                num = 2.0 * acc_i + smooth_nr
-                den = _dice_den(acc_i, acc_p, acc_g, smooth_dr, JACCARD)
-                dice += tl.sum(tl.where(incl[:, None], inclf[:, None] * (1.0 - num / den), 0.0), axis=0) / div
+                terms = _dice_chain(acc_i, acc_p, acc_g, incl, cls_w, om * dice_weight, div, smooth_nr, smooth_dr,
+                                    coef_ptr + b * COEF_PLANES * T * C, ctT, ctm, T, C, JACCARD, REDUCE)
+                dice += tl.sum(terms, axis=0) / div
             else:
                 tot_i += acc_i
                 tot_p += acc_p
                 tot_g += acc_g
         if not PER_SAMPLE:
-            _dice_chain(tot_i, tot_p, tot_g, incl, cls_w, om * dice_weight, n_div, smooth_nr, smooth_dr,
-                        coef_ptr, ctT, ctm, T, C, JACCARD, REDUCE)
-            num = 2.0 * tot_i + smooth_nr
-            den = _dice_den(tot_i, tot_p, tot_g, smooth_dr, JACCARD)
-            dice = tl.sum(tl.where(incl[:, None], inclf[:, None] * (1.0 - num / den), 0.0), axis=0) / n_div
+            terms = _dice_chain(tot_i, tot_p, tot_g, incl, cls_w, om * dice_weight, n_div, smooth_nr, smooth_dr,
+                                coef_ptr, ctT, ctm, T, C, JACCARD, REDUCE)
+            dice = tl.sum(terms, axis=0) / n_div
         ce = ce_sum / n_ce
         per_map = tl.where(tm, ce_weight * ce + dice_weight * dice, 0.0)
         loss += tl.sum(om * per_map, axis=0)
